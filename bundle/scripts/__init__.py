@@ -1,0 +1,16 @@
+"""GU2Net universal landmark detection: the bundle's custom Python, re-exported for the configs."""
+
+from .anatomies import Anatomy, AnatomySet
+from .baselines import mean_shape, mean_shape_baseline
+from .checkpoints import CheckedCheckpointLoader, CheckpointError, ResumeFromLatest, read_checkpoint
+from .datalist import DatalistError, inference_items, load_anatomies, load_datalist
+from .datasets.demo import ensure_demo, generate_demo
+from .gu2net import GU2Net
+from .heatmaps import DecodeLandmarksd, LandmarkHeatmap, LandmarkHeatmapd, decode_heatmaps, grid_to_original
+from .image_io import read_image_header
+from .landmark_transforms import PointsInImaged, ResizeToSized, ToGray2D, ToGray2Dd
+from .losses import HeatmapBCELoss
+from .metrics import LandmarkErrorMetric, radial_errors, summarize_errors
+from .outputs import SaveLandmarksd, SaveOverlayd, overlay_image
+from .reports import format_metrics_table, write_metrics_json
+from .sampling import AnatomyBatchSampler

@@ -1,0 +1,200 @@
+"""The project's datalist: MONAI's ``training``/``validation``/``test`` JSON plus the anatomies.
+
+Format (paths relative to the datalist file's folder unless absolute)::
+
+    {
+      "anatomies": {
+        "head": {"landmarks": ["sella", "nasion", ...], "size": [416, 512], "spacing": [0.1, 0.1]},
+        "chest": {"landmarks": 6, "size": [512, 512]}
+      },
+      "training":   [{"image": "head/001.bmp", "anatomy": "head", "landmarks": [[x, y], ...],
+                      "spacing": [0.1, 0.1]}],
+      "validation": [...],
+      "test":       [...]
+    }
+
+Landmarks are ``(x, y)`` in pixels of the original image (x right, y down, pixel centres at integers);
+``null``/NaN marks a landmark that is not annotated. ``spacing`` (mm per pixel, per axis) is optional per
+item; without it the anatomy's spacing applies, and without both the unit is pixels.
+Every check here names the datalist file, the split, the item and the image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .anatomies import AnatomySet
+from .image_io import read_image_header
+
+__all__ = ["DatalistError", "load_anatomies", "load_datalist", "inference_items"]
+
+SPLITS = ("training", "validation", "test")
+
+
+class DatalistError(ValueError):
+    """A datalist or one of its items is wrong; the message says where and what."""
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise DatalistError(f"datalist {path}: file does not exist.")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatalistError(f"datalist {path}: not valid JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise DatalistError(f"datalist {path}: the top level must be a JSON object.")
+    return data
+
+
+def load_anatomies(datalist_path: str) -> AnatomySet:
+    """The ordered anatomies (network domains) declared in a datalist."""
+    data = _read_json(datalist_path)
+    if "anatomies" not in data:
+        raise DatalistError(f"datalist {datalist_path}: no 'anatomies' section.")
+    try:
+        return AnatomySet.from_dict(data["anatomies"], source=f"datalist {datalist_path}")
+    except ValueError as e:
+        raise DatalistError(str(e)) from None
+
+
+def load_datalist(
+    datalist_path: str,
+    split: str | Sequence[str] = "training",
+    anatomies: AnatomySet | None = None,
+    require_landmarks: bool = True,
+    check_images: bool = True,
+) -> list[dict[str, Any]]:
+    """Load and validate the items of one split (or several) of a datalist.
+
+    Args:
+        datalist_path: path of the datalist JSON.
+        split: ``"training"``, ``"validation"``, ``"test"`` or a list of them.
+        anatomies: the anatomies to map names to domains (e.g. a checkpoint's); default: the datalist's own.
+        require_landmarks: False for inference lists, whose items need no landmarks.
+        check_images: read every image's header (exists, readable, landmarks inside it).
+
+    Returns:
+        items with keys ``image`` (absolute path), ``anatomy``, ``domain``, ``size`` (network input ``[W, H]``),
+        ``spacing`` (``[sx, sy]``), ``unit`` (``"mm"`` or ``"px"``) and, when present, ``landmarks`` (float32
+        ``(N, 2)``, NaN where not annotated).
+    """
+    data = _read_json(datalist_path)
+    anatomies = anatomies or load_anatomies(datalist_path)
+    root = os.path.dirname(os.path.abspath(datalist_path))
+    splits = [split] if isinstance(split, str) else list(split)
+    items: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for s in splits:
+        if s not in data:
+            raise DatalistError(f"datalist {datalist_path}: no split {s!r} (it has {[k for k in SPLITS if k in data]}).")
+        if not isinstance(data[s], list):
+            raise DatalistError(f"datalist {datalist_path}: split {s!r} must be a list of items.")
+        for i, raw in enumerate(data[s]):
+            where = f"datalist {datalist_path}, {s}[{i}]"
+            item = _validate_item(raw, where, root, anatomies, require_landmarks, check_images)
+            key = item["image"]
+            if key in seen:
+                raise DatalistError(f"{where}: image {key} is listed twice (also at {seen[key]}).")
+            seen[key] = f"{s}[{i}]"
+            items.append(item)
+    return items
+
+
+def _validate_item(
+    raw: Any, where: str, root: str, anatomies: AnatomySet, require_landmarks: bool, check_images: bool
+) -> dict[str, Any]:
+    if not isinstance(raw, dict) or "image" not in raw:
+        raise DatalistError(f"{where}: an item must be an object with an 'image' path.")
+    image = raw["image"] if os.path.isabs(raw["image"]) else os.path.join(root, raw["image"])
+    where = f"{where} (image {image})"
+    if "anatomy" not in raw:
+        raise DatalistError(f"{where}: no 'anatomy'.")
+    try:
+        domain = anatomies.domain(str(raw["anatomy"]))
+    except ValueError as e:
+        raise DatalistError(f"{where}: {e}") from None
+    anatomy = anatomies[domain]
+    spacing = raw.get("spacing", anatomy.spacing)
+    if spacing is not None:
+        try:
+            spacing = [float(v) for v in (spacing if isinstance(spacing, Sequence) else [spacing, spacing])]
+        except (TypeError, ValueError):
+            raise DatalistError(f"{where}: spacing must be numbers, got {spacing!r}.") from None
+        if len(spacing) != 2 or not all(math.isfinite(v) and v > 0 for v in spacing):
+            raise DatalistError(f"{where}: spacing must be two positive finite numbers [sx, sy], got {spacing!r}.")
+    item: dict[str, Any] = {
+        "image": image,
+        "anatomy": anatomy.name,
+        "domain": domain,
+        "size": list(anatomy.size),
+        "spacing": spacing if spacing is not None else [1.0, 1.0],
+        "unit": "mm" if spacing is not None else "px",
+    }
+    header = None
+    if check_images:
+        try:
+            header = read_image_header(image)
+        except (FileNotFoundError, ValueError) as e:
+            raise DatalistError(f"{where}: {e}") from None
+    if "landmarks" in raw and raw["landmarks"] is not None:
+        item["landmarks"] = _landmarks(raw["landmarks"], anatomy.num_landmarks, anatomy.name, where, header)
+    elif require_landmarks:
+        raise DatalistError(f"{where}: no 'landmarks'.")
+    return item
+
+
+def _landmarks(value: Any, count: int, anatomy: str, where: str, header) -> np.ndarray:
+    try:
+        pts = np.array([[np.nan, np.nan] if p is None else p for p in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DatalistError(f"{where}: landmarks must be a list of [x, y] pairs.") from None
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise DatalistError(f"{where}: landmarks must be a list of [x, y] pairs, got shape {list(pts.shape)}.")
+    if pts.shape[0] != count:
+        raise DatalistError(f"{where}: {pts.shape[0]} landmarks, but anatomy {anatomy!r} has {count}.")
+    # a landmark is either fully annotated or fully missing; half a point is an error, not a guess
+    half = np.isnan(pts).any(axis=1) & ~np.isnan(pts).all(axis=1)
+    if half.any():
+        raise DatalistError(f"{where}: landmark(s) {(np.flatnonzero(half) + 1).tolist()} have one NaN coordinate.")
+    if np.isinf(pts).any():
+        raise DatalistError(f"{where}: landmark coordinates must be finite (found inf).")
+    valid = ~np.isnan(pts).any(axis=1)
+    if not valid.any():
+        raise DatalistError(f"{where}: every landmark is NaN/missing; an item needs at least one annotated landmark.")
+    if header is not None:
+        w, h = header.size[0], header.size[1]
+        bad = valid & ((pts[:, 0] < -0.5) | (pts[:, 0] > w - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > h - 0.5))
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise DatalistError(
+                f"{where}: landmark {k + 1} at ({pts[k, 0]:.1f}, {pts[k, 1]:.1f}) is outside the {w}x{h} image."
+            )
+    return pts.astype(np.float32)
+
+
+def inference_items(
+    anatomies: AnatomySet,
+    images: Sequence[str] | None = None,
+    anatomy: str | None = None,
+    datalist_path: str | None = None,
+    split: str = "test",
+) -> list[dict[str, Any]]:
+    """Items to run inference on: ``images`` of one ``anatomy``, or else a datalist split (landmarks optional)."""
+    if images:
+        if not anatomy:
+            raise DatalistError(f"inference on {len(images)} image(s) needs an anatomy (one of {anatomies.names}).")
+        return [
+            _validate_item({"image": os.path.abspath(p), "anatomy": anatomy}, f"input image {i}", "", anatomies, False, True)
+            for i, p in enumerate(images)
+        ]
+    if not datalist_path:
+        raise DatalistError("inference needs input images (with their anatomy) or a datalist.")
+    return load_datalist(datalist_path, split, anatomies=anatomies, require_landmarks=False)

@@ -1,0 +1,1 @@
+"""Data set readers and generators that produce the project's datalist."""

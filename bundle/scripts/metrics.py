@@ -1,0 +1,139 @@
+"""Landmark metrics in the original image's space: radial errors, MRE, STD, median, SDR.
+
+Errors are measured between predictions mapped back to the original image and the **original
+annotations** (never a point re-read from a target heatmap), in mm with per-axis spacing when the
+item has a spacing, else in pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine
+from ignite.metrics import Metric
+
+from .anatomies import AnatomySet
+
+__all__ = ["radial_errors", "summarize_errors", "LandmarkErrorMetric"]
+
+
+def radial_errors(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float] = (1.0, 1.0)) -> np.ndarray:
+    """Euclidean distance per landmark, ``(N,)``, scaling x and y by their own spacing; NaN where ``true`` is NaN."""
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    if pred.shape != true.shape or pred.ndim != 2 or pred.shape[1] != 2:
+        raise ValueError(f"radial_errors: pred {pred.shape} and true {true.shape} must both be (N, 2).")
+    d = (pred - true) * np.asarray(spacing, dtype=np.float64)[None, :]
+    return np.sqrt((d**2).sum(1))
+
+
+def summarize_errors(errors: np.ndarray, radii: Sequence[float]) -> dict[str, Any]:
+    """MRE, STD, median and SDR (percent within each radius) of an array of errors; NaNs are skipped."""
+    e = np.asarray(errors, dtype=np.float64).ravel()
+    e = e[~np.isnan(e)]
+    if e.size == 0:
+        return {"MRE": float("nan"), "STD": float("nan"), "median": float("nan"), "SDR": {}, "count": 0}
+    return {
+        "MRE": float(e.mean()),
+        "STD": float(e.std()),
+        "median": float(np.median(e)),
+        "SDR": {f"{r:g}": float((e <= r).mean() * 100.0) for r in radii},
+        "count": int(e.size),
+    }
+
+
+def _as_list(x: Any) -> list:
+    return x if isinstance(x, (list, tuple)) else [x]
+
+
+class LandmarkErrorMetric(Metric):
+    """Ignite metric: mean radial error in the original image space (lower is better).
+
+    Fed by the engine's decollated output (a list of per-image dicts with ``pred_landmarks``, the original
+    ``true_key`` landmarks, ``spacing``, ``unit``, ``anatomy`` and ``image``). ``compute()`` returns the mean
+    of the per-anatomy MREs (each in its own unit), so that no anatomy dominates by image count; the
+    per-anatomy and per-landmark figures go to ``engine.state.metrics`` as ``<name>_<anatomy>_MRE`` and
+    ``<name>_<anatomy>_SDR_<r>`` and stay available as :attr:`results`.
+    """
+
+    def __init__(
+        self,
+        anatomies: AnatomySet,
+        pred_key: str = "pred_landmarks",
+        true_key: str = "landmarks_original",
+        output_transform: Callable = lambda x: x,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.anatomies = anatomies
+        self.pred_key, self.true_key = pred_key, true_key
+        self.records: list[dict[str, Any]] = []
+        self.results: dict[str, Any] = {}
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self.records = []
+
+    def iteration_completed(self, engine: Engine) -> None:
+        """Merge each decollated batch item with its output item: the annotations stay in the batch."""
+        output = self._output_transform(engine.state.output)
+        batch = engine.state.batch
+        if isinstance(batch, (list, tuple)) and isinstance(output, (list, tuple)) and len(batch) == len(output):
+            output = [{**b, **o} for b, o in zip(batch, output)]
+        self.update(output)
+
+    def update(self, output: Sequence[Mapping[str, Any]]) -> None:
+        for item in _as_list(output):
+            pred = np.asarray(item[self.pred_key], dtype=np.float64)
+            true = np.asarray(item[self.true_key], dtype=np.float64).reshape(pred.shape)
+            spacing = np.asarray(item["spacing"], dtype=np.float64).ravel()[:2]
+            image = item.get("image")
+            name = image.meta.get("filename_or_obj") if hasattr(image, "meta") else None
+            self.records.append(
+                {
+                    "image": str(name) if name is not None else "",
+                    "anatomy": str(item["anatomy"]),
+                    "unit": str(item["unit"]),
+                    "pred": pred,
+                    "true": true,
+                    "spacing": spacing,
+                    "confidence": np.asarray(item.get("pred_confidence", np.full(len(pred), np.nan))),
+                    "errors": radial_errors(pred, true, spacing),
+                }
+            )
+
+    def summary(self) -> dict[str, Any]:
+        """Per anatomy: unit, MRE, STD, median, SDR at its radii, per-landmark MRE, image and missing counts."""
+        out: dict[str, Any] = {}
+        for anatomy in self.anatomies:
+            recs = [r for r in self.records if r["anatomy"] == anatomy.name]
+            if not recs:
+                continue
+            errors = np.stack([r["errors"] for r in recs])  # (images, landmarks)
+            units = sorted({r["unit"] for r in recs})
+            entry = {"unit": units[0] if len(units) == 1 else "mixed:" + ",".join(units), "images": len(recs)}
+            entry.update(summarize_errors(errors, anatomy.sdr_radii))
+            entry["missing_landmarks"] = int(np.isnan(errors).sum())
+            with np.errstate(invalid="ignore"):
+                entry["per_landmark_MRE"] = {
+                    n: (float(np.nanmean(errors[:, k])) if (~np.isnan(errors[:, k])).any() else float("nan"))
+                    for k, n in enumerate(anatomy.landmarks)
+                }
+            out[anatomy.name] = entry
+        return out
+
+    def compute(self) -> float:
+        self.results = self.summary()
+        mres = [v["MRE"] for v in self.results.values() if v["count"] > 0]
+        if not mres:
+            raise RuntimeError("LandmarkErrorMetric: no annotated landmarks were seen.")
+        return float(np.mean(mres))
+
+    def completed(self, engine: Engine, name: str) -> None:
+        engine.state.metrics[name] = self.compute()
+        for anatomy, v in self.results.items():
+            engine.state.metrics[f"{name}_{anatomy}_MRE"] = v["MRE"]
+            for r, s in v["SDR"].items():
+                engine.state.metrics[f"{name}_{anatomy}_SDR_{r}"] = s

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from scripts.heatmaps import DECODERS, LandmarkHeatmap, decode_heatmaps, grid_to_original
+
+
+def test_heatmap_peak_is_at_the_landmark_and_is_one():
+    pts = torch.tensor([[10.0, 20.0], [30.4, 5.6], [0.0, 47.0]])
+    hm = LandmarkHeatmap(sigma=3.0)(pts, (40, 48))
+    assert hm.shape == (3, 40, 48)
+    for k, (x, y) in enumerate(pts.tolist()):
+        flat = int(hm[k].argmax())
+        assert (flat // 48, flat % 48) == (round(x), round(y))
+        assert float(hm[k].max()) == pytest.approx(1.0)
+
+
+def test_heatmap_is_not_rounded_to_whole_pixels():
+    a = LandmarkHeatmap(3.0)(torch.tensor([[10.0, 10.0]]), (24, 24))
+    b = LandmarkHeatmap(3.0)(torch.tensor([[10.3, 10.0]]), (24, 24))
+    assert not torch.allclose(a, b)
+    assert float(b[0, 11, 10]) > float(a[0, 11, 10])  # mass moved towards x = 11
+
+
+def test_missing_and_outside_landmarks():
+    hm = LandmarkHeatmap(2.0)(torch.tensor([[float("nan"), float("nan")], [-50.0, 3.0]]), (16, 16))
+    assert torch.isnan(hm[0]).all()
+    assert float(hm[1].abs().max()) == 0.0
+
+
+def _random_centres(n: int, size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(8, size - 8, (n, 2))
+
+
+def test_subpixel_decoding_beats_argmax_on_known_centres():
+    centres = _random_centres(200, 64)
+    hm = LandmarkHeatmap(3.0)(torch.as_tensor(centres, dtype=torch.float32), (64, 64))
+    errors = {}
+    for method in DECODERS:
+        pts, conf = decode_heatmaps(hm, method)
+        errors[method] = float(np.linalg.norm(pts.numpy() - centres, axis=1).mean())
+        assert conf.shape == (200,)
+    assert errors["gaussian"] < 0.1, errors
+    assert errors["argmax"] > 0.3, errors  # ~0.38 px: the mean distance of a uniform offset to the pixel centre
+    assert errors["local_mean"] < errors["argmax"]
+
+
+def test_decoding_rejects_unknown_method():
+    with pytest.raises(ValueError, match="unknown decoding"):
+        decode_heatmaps(torch.zeros(1, 8, 8), "magic")
+
+
+def test_grid_to_original_inverts_an_anisotropic_resize():
+    from monai.data import MetaTensor
+    from monai.transforms import Resize
+
+    img = MetaTensor(torch.zeros(1, 300, 120), affine=torch.diag(torch.tensor([0.5, 0.25, 1.0], dtype=torch.float64)))
+    small = Resize((60, 48), mode="bilinear")(img)
+    # the original pixel (149.5, 59.5) is the centre of the image; so is the resized (29.5, 23.5)
+    back = grid_to_original(torch.tensor([[29.5, 23.5], [0.0, 0.0]]), small.affine, img.affine)
+    assert back[0].tolist() == pytest.approx([149.5, 59.5], abs=1e-4)
+    # resized pixel 0 covers original pixels 0..4 in x (factor 5) and 0..2.5 in y (factor 2.5)
+    assert back[1].tolist() == pytest.approx([2.0, 0.75], abs=1e-4)

@@ -1,0 +1,127 @@
+"""End to end through `python -m monai.bundle`: train -> resume -> evaluate -> inference -> export, on a tiny set."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import BUNDLE
+
+BASE = "configs/inference.yaml"
+TRAIN = f"['{BASE}','configs/train.yaml']"
+EVALUATE = f"['{BASE}','configs/train.yaml','configs/evaluate.yaml']"
+
+
+def bundle(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m monai.bundle ARGS` from the bundle folder, as the README does."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"monai.bundle {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_demo, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run"))
+    common = ["--dataset_dir", tiny_demo, "--output_dir", out, "--val_interval", "1", "--batch_size", "2"]
+    first = bundle("run", "training", "--config_file", TRAIN, "--max_epochs", "1", *common)
+    second = bundle("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common)
+    return {"out": out, "data": tiny_demo, "logs": (first.stdout + first.stderr, second.stdout + second.stderr)}
+
+
+def test_training_writes_checkpoints_and_an_mlflow_run(trained):
+    models = os.listdir(os.path.join(trained["out"], "models"))
+    assert "model.pt" in models and "checkpoint_epoch=2.pt" in models
+    import mlflow
+
+    mlflow.set_tracking_uri("sqlite:///" + os.path.join(trained["out"], "mlruns.db"))
+    runs = mlflow.search_runs(experiment_names=["gu2net"])
+    assert len(runs) == 2
+    assert "metrics.val_mre" in runs.columns and "metrics.train_loss" in runs.columns
+    assert set(runs["params.anatomies"]) == {"head,hand,chest,pelvis"}
+    assert runs["metrics.val_mre_head_MRE"].notna().all()
+
+
+def test_second_run_resumes_after_the_first_epoch(trained):
+    assert "Resumed from" in trained["logs"][1] and "checkpoint_epoch=1.pt" in trained["logs"][1]
+    assert "Epoch: 1/2" not in trained["logs"][1] and "Epoch: 2/2" in trained["logs"][1]
+
+
+def test_evaluate_writes_metrics_per_anatomy_with_units(trained):
+    out = os.path.join(trained["out"], "eval")
+    ckpt = os.path.join(trained["out"], "models", "model.pt")
+    bundle("run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", trained["data"], "--ckpt_path", ckpt, "--output_dir", out)
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["head"]["unit"] == "mm" and metrics["chest"]["unit"] == "px"
+    assert set(metrics["head"]["SDR"]) == {"2", "2.5", "3", "4"} and set(metrics["pelvis"]["SDR"]) == {"3", "6", "9"}
+    assert len(metrics["hand"]["per_landmark_MRE"]) == 37 and metrics["hand"]["images"] == 2
+    assert np.isfinite(metrics["head"]["MRE"]) and metrics["_baseline_mean_shape"]["head"]["unit"] == "mm"
+
+
+def test_inference_writes_original_space_json_and_overlay(trained):
+    out = os.path.join(trained["out"], "infer")
+    ckpt = os.path.join(trained["out"], "models", "model.pt")
+    image = os.path.join(trained["data"], "images", "hand", "hand_005.png")
+    bundle(
+        "run", "inference", "--config_file", BASE, "--ckpt_path", ckpt, "--output_dir", out,
+        "--input_images", f"['{image}']", "--input_anatomy", "hand",
+    )
+    result = json.load(open(os.path.join(out, "hand_005.json")))
+    assert result["anatomy"] == "hand" and result["image_size"] == {"width": 176, "height": 256}
+    assert len(result["landmarks"]) == 37 and result["landmarks"][0]["name"] == "hand_1"
+    xs = [p["x"] for p in result["landmarks"]]
+    ys = [p["y"] for p in result["landmarks"]]
+    assert min(xs) >= -0.5 and max(xs) <= 175.5 and min(ys) >= -0.5 and max(ys) <= 255.5
+    assert os.path.getsize(os.path.join(out, "hand_005_overlay.png")) > 0
+
+
+def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
+    ckpt = os.path.join(trained["out"], "models", "model.pt")
+    bundle(
+        "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", BASE,
+        "--ckpt_path", ckpt,
+    )
+    ts = str(tmp_path / "model.ts")
+    bundle(
+        "ckpt_export", "network_def", "--filepath", ts, "--ckpt_file", ckpt, "--key_in_ckpt", "model",
+        "--meta_file", "configs/metadata.json", "--config_file", BASE, "--ckpt_path", ckpt,
+    )
+    import torch
+
+    sys.path.insert(0, BUNDLE)
+    from scripts import AnatomySet, GU2Net, read_checkpoint
+
+    net = GU2Net(AnatomySet.from_checkpoint(ckpt).landmark_counts).eval()
+    net.load_state_dict(read_checkpoint(ckpt)["model"])
+    exported = torch.jit.load(ts)
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(exported(x, 2), net(x, 2), atol=1e-5)
+
+
+def test_checkpoint_of_other_anatomies_is_refused(trained, tmp_path):
+    data = json.load(open(os.path.join(trained["data"], "datalist.json")))
+    data["anatomies"] = dict(reversed(list(data["anatomies"].items())))  # same anatomies, another order
+    other = tmp_path / "other"
+    other.mkdir()
+    os.symlink(os.path.join(trained["data"], "images"), str(other / "images"))
+    (other / "datalist.json").write_text(json.dumps(data))
+    ckpt = os.path.join(trained["out"], "models", "model.pt")
+    proc = bundle(
+        "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(other), "--ckpt_path", ckpt,
+        "--output_dir", str(tmp_path / "e"), "--anatomies", f"$scripts.load_anatomies('{other}/datalist.json')",
+        check=False,
+    )
+    assert proc.returncode != 0 and "domains would be mixed up" in proc.stdout + proc.stderr
