@@ -79,7 +79,7 @@ class ResizeToSized(MapTransform):
     """Resize each image to the size its item names (``d[size_key]``, e.g. the anatomy's ``[W, H]``).
 
     MONAI's ``Resized`` takes one fixed size; in a universal dataset every anatomy has its own, so the
-    size is read per item. The resize is MONAI's ``Resize`` (area-free bilinear, affine updated).
+    size is read per item. The resize is MONAI's ``Resize`` (bilinear, anti-aliased; the affine is updated).
     """
 
     def __init__(
