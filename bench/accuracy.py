@@ -37,7 +37,7 @@ BUDGETS = {
         "head_size": [128, 160],
         "hand_size": [112, 160],
         "overrides": {
-            "sigma": 2.0, "batch_size": 4, "max_epochs": 1000, "time_limit_minutes": 17, "val_interval": 2,
+            "sigma": 2.0, "batch_size": 4, "max_epochs": 1000, "time_limit_minutes": 18, "val_interval": 2,
             "lr_min": 0.0005, "lr_max": 0.002, "lr_step_size": 300, "translate_px": 3,
         },
     },
@@ -77,9 +77,11 @@ def prepare(work: str, budget: dict) -> dict[str, str]:
     hand = os.path.join(DATA, "hand")
     prep = [sys.executable, "-m", "scripts.prepare"]
     for out in (head_dir, uni_dir):
-        _run(prep + ["isbi2015", "--raw", head, "--out", out, "--protocol", "challenge", "--size", *map(str, budget["head_size"])],
-             os.path.join(work, "prepare_head.log"))
-    _run(prep + ["hand", "--raw", hand, "--out", uni_dir, "--size", *map(str, budget["hand_size"])], os.path.join(work, "prepare_hand.log"))
+        head_args = ["isbi2015", "--raw", head, "--out", out, "--protocol", "challenge", "--label", "mean"]
+        _run(prep + head_args + ["--size", *map(str, budget["head_size"])], os.path.join(work, "prepare_head.log"))
+    # a second prepare into the same folder adds the hand to the head's datalist
+    hand_args = ["hand", "--raw", hand, "--out", uni_dir, "--size", *map(str, budget["hand_size"])]
+    _run(prep + hand_args, os.path.join(work, "prepare_hand.log"))
     # the demo's synthetic chest and pelvis (no real images of either are available here)
     from scripts.datasets.demo import ensure_demo
 
@@ -109,7 +111,7 @@ def train_and_evaluate(name: str, dataset_dir: str, extra_configs: list[str], ov
     _bundle(
         "evaluating", EVALUATE + extra_configs,
         {**common, "output_dir": eval_dir, "ckpt_path": os.path.join(out, "models", "model.pt"), "eval_split": "test1",
-         "sigma": overrides.get("sigma", 3.0), "baseline": False},
+         "baseline": False},
         os.path.join(work, f"{name}_eval.log"),
     )
     metrics = json.load(open(os.path.join(eval_dir, "metrics.json")))
