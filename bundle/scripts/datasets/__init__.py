@@ -1,1 +1,4 @@
 """Data set readers and generators that produce the project's datalist."""
+
+from .common import PreparedAnatomy, PrepareError, write_datalist
+from .isbi2015 import prepare_isbi2015, read_isbi2015_labels

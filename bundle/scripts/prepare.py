@@ -1,0 +1,78 @@
+"""Turn a public data set, as its owners distribute it, into the project's datalist (run from ``bundle/``)::
+
+    python -m scripts.prepare isbi2015 --raw /data/ISBI2015 --out /data/prepared --protocol challenge
+    python -m scripts.prepare hand --raw /data/hand --out /data/prepared
+
+Each run adds one anatomy to ``OUT/datalist.json``, or replaces it, and keeps the others: running it once per
+data set with the same ``--out`` builds a universal datalist. Everything is checked before anything is
+written; the datalist is then replaced atomically. Images stay where they are (the datalist points at them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .datasets.common import PreparedAnatomy, PrepareError, write_datalist
+from .datasets.isbi2015 import LABELS, PROTOCOLS, prepare_isbi2015
+
+__all__ = ["main", "build_parser"]
+
+
+def _isbi2015(args: argparse.Namespace) -> PreparedAnatomy:
+    return prepare_isbi2015(
+        args.raw, size=args.size, protocol=args.protocol, label=args.label, val_fraction=args.val_fraction,
+        seed=args.seed, anatomy=args.anatomy,
+    )  # fmt: skip
+
+
+def _add_common(parser: argparse.ArgumentParser, anatomy: str | None, size: Sequence[int]) -> None:
+    parser.add_argument("--raw", required=True, help="the data set's folder, as distributed")
+    parser.add_argument("--out", required=True, help="folder of the datalist.json to create or add to")
+    parser.add_argument("--size", nargs=2, type=int, default=list(size), metavar=("W", "H"),
+                        help=f"network input size of the anatomy, each divisible by 16 (default {size[0]} {size[1]})")  # fmt: skip
+    parser.add_argument("--anatomy", default=anatomy, required=anatomy is None,
+                        help=f"the anatomy's name in the datalist (default {anatomy})")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split draws (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scripts.prepare", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="source", required=True, metavar="source")
+    commands: dict[str, Callable[[argparse.Namespace], PreparedAnatomy]] = {}
+
+    p = sub.add_parser("isbi2015", help="head: ISBI 2015 cephalometric challenge (official or CSV layout)")
+    _add_common(p, "head", (416, 512))
+    p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
+                   help="paper: test = Test1 + Test2; challenge: also the test1 and test2 splits")  # fmt: skip
+    p.add_argument("--label", choices=LABELS, default="mean", help="mean of the two doctors (default), or one")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of training images for validation")
+    commands["isbi2015"] = _isbi2015
+
+    parser.set_defaults(commands=commands)
+    return parser
+
+
+def _summary(prepared: PreparedAnatomy, path: str) -> str:
+    lines = [f"{path}: anatomy {prepared.name!r} ({len(prepared.spec['landmarks'])} landmarks, size {prepared.spec['size']})"]
+    lines += [f"  {key}: {value}" for key, value in prepared.report.items() if key not in ("counts", "source")]
+    lines.append("  " + ", ".join(f"{s} {n}" for s, n in prepared.counts().items()))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run one preparation; return its report. Bad input exits with the message (file, line, problem)."""
+    args = build_parser().parse_args(argv)
+    try:
+        prepared = args.commands[args.source](args)
+        path = write_datalist(args.out, prepared)
+    except PrepareError as e:
+        sys.exit(f"prepare {args.source}: {e}")
+    print(_summary(prepared, path), flush=True)
+    return prepared.report
+
+
+if __name__ == "__main__":
+    main()
