@@ -1,0 +1,44 @@
+"""Small data sets in their owners' layouts, written by the tests (no data is committed)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+HEAD_SIZE = (64, 80)  # W, H of the fixture head images
+
+
+def _image(path: str, size: tuple[int, int], seed: int) -> None:
+    """A grey image of ``size`` (W, H), with noise so that it is not constant."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0]), dtype=np.uint8)).save(path)
+
+
+def _points(rng: np.random.Generator, n: int, size: tuple[int, int]) -> np.ndarray:
+    return rng.uniform(2, np.array(size) - 3, (n, 2)).round(1)
+
+
+def isbi2015_official(root: str, ids: dict[str, list[int]], extra_labels: tuple[int, ...] = (), seed: int = 0) -> dict:
+    """``RawImage/<folder>/NNN.bmp`` for ``ids`` (folder -> image ids), and both doctors' text files.
+
+    ``extra_labels`` get label files without an image. Returns ``{doctor: {id: (19, 2) pixels}}``.
+    """
+    rng = np.random.default_rng(seed)
+    labels: dict = {"senior": {}, "junior": {}}
+    for folder, numbers in ids.items():
+        for i in numbers:
+            _image(os.path.join(root, "RawImage", folder, f"{i:03d}.bmp"), HEAD_SIZE, i)
+    for i in [i for numbers in ids.values() for i in numbers] + list(extra_labels):
+        base = _points(rng, 19, HEAD_SIZE)
+        for doctor in labels:
+            pts = np.clip(base + rng.normal(0, 1.0, base.shape).round(1), 0, np.array(HEAD_SIZE) - 1)
+            labels[doctor][i] = pts
+            folder = os.path.join(root, "AnnotationsByMD", f"400_{doctor}")
+            os.makedirs(folder, exist_ok=True)
+            lines = [f"{x:g},{y:g}" for x, y in pts] + ["1", "2", "ignored trailer"]
+            with open(os.path.join(folder, f"{i:03d}.txt"), "w") as f:
+                f.write("\n".join(lines) + "\n")
+    return labels
