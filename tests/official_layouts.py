@@ -42,3 +42,25 @@ def isbi2015_official(root: str, ids: dict[str, list[int]], extra_labels: tuple[
             with open(os.path.join(folder, f"{i:03d}.txt"), "w") as f:
                 f.write("\n".join(lines) + "\n")
     return labels
+
+
+def dicom_image(path: str, size: tuple[int, int], modality: str, tags: dict[str, str] | None = None,
+                spacing: tuple[float, float] = (1.0, 1.0), no_spacing: bool = False) -> None:  # fmt: skip
+    """A 2D DICOM file written by ITK (``spacing`` is ``(sx, sy)``; CR/DX get ImagerPixelSpacing, others PixelSpacing).
+
+    ITK may write PixelSpacing on its own; ``no_spacing`` renames it to Zoom Factor (0028,0031) in the file,
+    which leaves a valid DICOM without it (the tests check that no spacing tag is left).
+    """
+    import itk
+
+    rng = np.random.default_rng(0)
+    img = itk.image_from_array(rng.integers(0, 1000, (size[1], size[0])).astype(np.int16))
+    img.SetSpacing(list(spacing))
+    meta = img.GetMetaDataDictionary()
+    for key, value in {"0008|0060": modality, **(tags or {})}.items():
+        meta[key] = value
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    itk.imwrite(img, path)
+    if no_spacing:  # (0028,0030) -> (0028,0031), little endian; pixels that happen to match only change value
+        raw = open(path, "rb").read()
+        open(path, "wb").write(raw.replace(b"\x28\x00\x30\x00", b"\x28\x00\x31\x00"))
