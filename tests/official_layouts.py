@@ -10,7 +10,7 @@ from PIL import Image
 HEAD_SIZE = (64, 80)  # W, H of the fixture head images
 
 
-def _image(path: str, size: tuple[int, int], seed: int) -> None:
+def write_image(path: str, size: tuple[int, int], seed: int) -> None:
     """A grey image of ``size`` (W, H), with noise so that it is not constant."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -30,7 +30,7 @@ def isbi2015_official(root: str, ids: dict[str, list[int]], extra_labels: tuple[
     labels: dict = {"senior": {}, "junior": {}}
     for folder, numbers in ids.items():
         for i in numbers:
-            _image(os.path.join(root, "RawImage", folder, f"{i:03d}.bmp"), HEAD_SIZE, i)
+            write_image(os.path.join(root, "RawImage", folder, f"{i:03d}.bmp"), HEAD_SIZE, i)
     for i in [i for numbers in ids.values() for i in numbers] + list(extra_labels):
         base = _points(rng, 19, HEAD_SIZE)
         for doctor in labels:
@@ -42,6 +42,29 @@ def isbi2015_official(root: str, ids: dict[str, list[int]], extra_labels: tuple[
             with open(os.path.join(folder, f"{i:03d}.txt"), "w") as f:
                 f.write("\n".join(lines) + "\n")
     return labels
+
+
+HAND_SIZE = (60, 90)
+
+
+def hand_atlas(root: str, ids: list[str], rows_without_image: tuple[str, ...] = (), seed: int = 1) -> dict:
+    """Atlas-style JPGs ``<root>/<group>/<id>.jpg`` (nested, as downloaded) and Payer et al.'s ``<root>/all.csv``.
+
+    Landmarks 1 and 5 are ``3 * (k + 10)`` pixels apart in image ``k``, so its scale is ``50 / that`` mm per pixel.
+    Returns ``{id: (37, 2) pixels}``.
+    """
+    rng = np.random.default_rng(seed)
+    points = {}
+    for k, key in enumerate(list(ids) + list(rows_without_image)):
+        pts = _points(rng, 37, HAND_SIZE)
+        pts[0], pts[4] = (5.0, 70.0), (5.0 + 3 * (k + 10), 70.0)
+        points[key] = pts
+        if key in ids:
+            write_image(os.path.join(root, f"group{k % 2}", f"{key}.jpg"), HAND_SIZE, k)
+    rows = [",".join([key] + [f"{v:g}" for v in pts.ravel()]) for key, pts in points.items()]
+    with open(os.path.join(root, "all.csv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return {key: points[key] for key in ids}
 
 
 def dicom_image(path: str, size: tuple[int, int], modality: str, tags: dict[str, str] | None = None,

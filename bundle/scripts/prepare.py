@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .datasets.common import PreparedAnatomy, PrepareError, write_datalist
+from .datasets.hand_atlas import prepare_hand
 from .datasets.isbi2015 import LABELS, PROTOCOLS, prepare_isbi2015
 
 __all__ = ["main", "build_parser"]
@@ -26,6 +27,19 @@ def _isbi2015(args: argparse.Namespace) -> PreparedAnatomy:
         args.raw, size=args.size, protocol=args.protocol, label=args.label, val_fraction=args.val_fraction,
         seed=args.seed, anatomy=args.anatomy,
     )  # fmt: skip
+
+
+def _hand(args: argparse.Namespace) -> PreparedAnatomy:
+    return prepare_hand(
+        args.raw, labels=args.labels, size=args.size, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        seed=args.seed, anatomy=args.anatomy,
+    )  # fmt: skip
+
+
+def _add_fractions(parser: argparse.ArgumentParser, test: float) -> None:
+    """Options of a data set without an official split: a seeded random draw (``--seed``)."""
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of the images for validation (default 0.1)")
+    parser.add_argument("--test-fraction", type=float, default=test, help=f"share of the images for test (default {test:.3g})")
 
 
 def _add_common(parser: argparse.ArgumentParser, anatomy: str | None, size: Sequence[int]) -> None:
@@ -50,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", choices=LABELS, default="mean", help="mean of the two doctors (default), or one")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of training images for validation")
     commands["isbi2015"] = _isbi2015
+
+    p = sub.add_parser("hand", help="hand: Digital Hand Atlas images + Payer et al.'s all.csv (37 landmarks)")
+    _add_common(p, "hand", (352, 512))
+    p.add_argument("--labels", help="Payer et al.'s all.csv (default RAW/all.csv)")
+    _add_fractions(p, test=1 / 3)
+    commands["hand"] = _hand
 
     parser.set_defaults(commands=commands)
     return parser
