@@ -67,6 +67,24 @@ def hand_atlas(root: str, ids: list[str], rows_without_image: tuple[str, ...] = 
     return {key: points[key] for key in ids}
 
 
+def shenzhen(images: str, labels: str, sizes: dict[str, tuple[int, int]], unlabelled: tuple[str, ...] = (), seed: int = 2) -> dict:
+    """``CHNCXR_<id>.png`` of the given sizes (W, H) in ``images`` and their label files (ratios) in ``labels``.
+
+    ``unlabelled`` ids get an image but no label file. Returns ``{id: (6, 2) ratios}``.
+    """
+    rng = np.random.default_rng(seed)
+    os.makedirs(labels, exist_ok=True)
+    ratios = {}
+    for key, size in sizes.items():
+        write_image(os.path.join(images, f"CHNCXR_{key}.png"), size, len(ratios))
+        if key in unlabelled:
+            continue
+        ratios[key] = (rng.uniform(0.05, 0.95, (6, 2)) * 256).round() / 256
+        with open(os.path.join(labels, f"CHNCXR_{key}.txt"), "w") as f:
+            f.write("6\n" + "".join(f"{x:g} {y:g}\n" for x, y in ratios[key]))
+    return ratios
+
+
 def dicom_image(path: str, size: tuple[int, int], modality: str, tags: dict[str, str] | None = None,
                 spacing: tuple[float, float] = (1.0, 1.0), no_spacing: bool = False) -> None:  # fmt: skip
     """A 2D DICOM file written by ITK (``spacing`` is ``(sx, sy)``; CR/DX get ImagerPixelSpacing, others PixelSpacing).

@@ -18,6 +18,7 @@ from typing import Any
 from .datasets.common import PreparedAnatomy, PrepareError, write_datalist
 from .datasets.hand_atlas import prepare_hand
 from .datasets.isbi2015 import LABELS, PROTOCOLS, prepare_isbi2015
+from .datasets.shenzhen import prepare_shenzhen
 
 __all__ = ["main", "build_parser"]
 
@@ -31,6 +32,13 @@ def _isbi2015(args: argparse.Namespace) -> PreparedAnatomy:
 
 def _hand(args: argparse.Namespace) -> PreparedAnatomy:
     return prepare_hand(
+        args.raw, labels=args.labels, size=args.size, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        seed=args.seed, anatomy=args.anatomy,
+    )  # fmt: skip
+
+
+def _shenzhen(args: argparse.Namespace) -> PreparedAnatomy:
+    return prepare_shenzhen(
         args.raw, labels=args.labels, size=args.size, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         seed=args.seed, anatomy=args.anatomy,
     )  # fmt: skip
@@ -70,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="Payer et al.'s all.csv (default RAW/all.csv)")
     _add_fractions(p, test=1 / 3)
     commands["hand"] = _hand
+
+    p = sub.add_parser("shenzhen", help="chest: Shenzhen CHNCXR_*_0.png + the 6-landmark label files")
+    _add_common(p, "chest", (512, 512))
+    p.add_argument("--labels", required=True, help="folder of the CHNCXR_NNNN_0.txt landmark files")
+    _add_fractions(p, test=75 / 279)
+    commands["shenzhen"] = _shenzhen
 
     parser.set_defaults(commands=commands)
     return parser

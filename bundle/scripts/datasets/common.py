@@ -30,6 +30,7 @@ __all__ = [
     "read_csv_rows",
     "parse_numbers",
     "split_ids",
+    "random_splits",
     "merge_datalist",
     "write_datalist",
 ]
@@ -156,6 +157,15 @@ def split_ids(ids: Sequence[str], val_fraction: float, test_fraction: float, see
         "validation": sorted(order[n_test : n_test + n_val]),
         "test": sorted(order[:n_test]),
     }
+
+
+def random_splits(
+    items: Mapping[str, dict[str, Any]], val_fraction: float, test_fraction: float, seed: int
+) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """Items (by id) of a data set without an official split, drawn by :func:`split_ids`, and how they were drawn."""
+    chosen = split_ids(sorted(items), val_fraction, test_fraction, seed)
+    how = f"drawn with seed {seed} (val_fraction {val_fraction:.3g}, test_fraction {test_fraction:.3g})"
+    return {split: [items[k] for k in ids] for split, ids in chosen.items()}, how
 
 
 def _relative_to(path: str, folder: str) -> str:

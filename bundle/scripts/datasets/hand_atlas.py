@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import PreparedAnatomy, PrepareError, checked_landmarks, find_images, parse_numbers, read_csv_rows, split_ids
+from .common import PreparedAnatomy, PrepareError, checked_landmarks, find_images, parse_numbers, random_splits, read_csv_rows
 
 __all__ = ["HAND_LANDMARKS", "WRIST_WIDTH_MM", "wrist_spacing", "read_hand_csv", "prepare_hand"]
 
@@ -87,8 +87,7 @@ def prepare_hand(
         }
     if not items:
         raise PrepareError(f"{raw}: none of the {len(rows)} images of {labels} is there (file name = id, e.g. {next(iter(rows), '?')}.jpg).")
-    chosen = split_ids(sorted(items), val_fraction, test_fraction, seed)
-    splits = {s: [items[k] for k in ids] for s, ids in chosen.items()}
+    splits, how = random_splits(items, val_fraction, test_fraction, seed)
     factors = [it["spacing"][0] for it in items.values()]
     spec = {"landmarks": list(HAND_LANDMARKS), "size": list(size), "sdr_radii": [2.0, 4.0, 10.0], "spacing_source": SPACING_SOURCE}
     report = {
@@ -97,7 +96,7 @@ def prepare_hand(
         "labels": labels,
         "spacing": f"{SPACING_SOURCE}; mm per pixel {min(factors):.4f}-{max(factors):.4f}",
         "mm_per_pixel": [round(min(factors), 5), round(max(factors), 5)],
-        "split": f"drawn with seed {seed} (val_fraction {val_fraction}, test_fraction {test_fraction:.3g})",
+        "split": how,
         "counts": {s: len(v) for s, v in splits.items()},
         "skipped": {
             "rows without an image": len(rows.keys() - images.keys()),

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import PreparedAnatomy, PrepareError, checked_landmarks, find_images, parse_numbers, read_csv_rows, split_ids
+from .common import PreparedAnatomy, PrepareError, checked_landmarks, find_images, parse_numbers, random_splits, read_csv_rows
 
 __all__ = ["ISBI2015_LANDMARKS", "ISBI2015_SPACING", "read_isbi2015_labels", "prepare_isbi2015"]
 
@@ -160,9 +160,7 @@ def prepare_isbi2015(
             for i in ids
             if i in images
         ]
-    train = items.pop("training", [])
-    chosen = split_ids([it["id"] for it in train], val_fraction, 0.0, seed)
-    splits = {s: [it for it in train if it["id"] in set(chosen[s])] for s in ("training", "validation")}
+    splits, how = random_splits({it["id"]: it for it in items.pop("training", [])}, val_fraction, 0.0, seed)
     splits["test"] = items.get("test1", []) + items.get("test2", [])
     if protocol == "challenge":
         splits.update(items)
@@ -173,7 +171,7 @@ def prepare_isbi2015(
         "images": image_folder,
         "labels": f"{label} of {' and '.join(sources)}" if label == "mean" else sources[0],
         "protocol": protocol,
-        "validation": f"{len(splits['validation'])} training images drawn with seed {seed} (val_fraction {val_fraction})",
+        "validation": f"{len(splits['validation'])} of the challenge's training images, {how}",
         "counts": {s: len(v) for s, v in splits.items()},
         "absent": {s: f"{n} labelled images absent" for s, n in absent.items()},
     }
