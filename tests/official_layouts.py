@@ -85,6 +85,29 @@ def shenzhen(images: str, labels: str, sizes: dict[str, tuple[int, int]], unlabe
     return ratios
 
 
+PELVIS_SIZE = (50, 40)
+
+
+def pelvis_csv(root: str, n: int = 6, seed: int = 3) -> dict:
+    """The docs' worked example: ``<root>/pelvis.csv`` (10 landmarks, pixels) over ``<root>/images/p<k>.png``.
+
+    Returns ``{image path as written: (10, 2) pixels}``.
+    """
+    rng = np.random.default_rng(seed)
+    names = ["left_asis", "right_asis", "left_psis", "right_psis", "pubic_symphysis", "sacral_promontory",
+             "left_femoral_head", "right_femoral_head", "left_ischial_tuberosity", "right_ischial_tuberosity"]  # fmt: skip
+    header = "image," + ",".join(f"{n}_x,{n}_y" for n in names)
+    points, rows = {}, []
+    for k in range(n):
+        rel = f"images/p{k:03d}.png"
+        write_image(os.path.join(root, rel), PELVIS_SIZE, k)
+        points[rel] = _points(rng, 10, PELVIS_SIZE)
+        rows.append(rel + "," + ",".join(f"{v:g}" for v in points[rel].ravel()))
+    with open(os.path.join(root, "pelvis.csv"), "w") as f:
+        f.write("\n".join([header] + rows) + "\n")
+    return points
+
+
 def dicom_image(path: str, size: tuple[int, int], modality: str, tags: dict[str, str] | None = None,
                 spacing: tuple[float, float] = (1.0, 1.0), no_spacing: bool = False) -> None:  # fmt: skip
     """A 2D DICOM file written by ITK (``spacing`` is ``(sx, sy)``; CR/DX get ImagerPixelSpacing, others PixelSpacing).

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .datasets.common import PreparedAnatomy, PrepareError, write_datalist
+from .datasets.generic import prepare_generic
 from .datasets.hand_atlas import prepare_hand
 from .datasets.isbi2015 import LABELS, PROTOCOLS, prepare_isbi2015
 from .datasets.shenzhen import prepare_shenzhen
@@ -44,19 +45,26 @@ def _shenzhen(args: argparse.Namespace) -> PreparedAnatomy:
     )  # fmt: skip
 
 
+def _generic(args: argparse.Namespace) -> PreparedAnatomy:
+    return prepare_generic(
+        args.raw, anatomy=args.anatomy, size=args.size, spacing=args.spacing, sdr_radii=args.sdr_radii,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+    )  # fmt: skip
+
+
 def _add_fractions(parser: argparse.ArgumentParser, test: float) -> None:
     """Options of a data set without an official split: a seeded random draw (``--seed``)."""
     parser.add_argument("--val-fraction", type=float, default=0.1, help="share of the images for validation (default 0.1)")
     parser.add_argument("--test-fraction", type=float, default=test, help=f"share of the images for test (default {test:.3g})")
 
 
-def _add_common(parser: argparse.ArgumentParser, anatomy: str | None, size: Sequence[int]) -> None:
-    parser.add_argument("--raw", required=True, help="the data set's folder, as distributed")
+def _add_common(parser: argparse.ArgumentParser, anatomy: str | None, size: Sequence[int], raw: str = "the data set's folder, as distributed") -> None:
+    parser.add_argument("--raw", required=True, help=raw)
     parser.add_argument("--out", required=True, help="folder of the datalist.json to create or add to")
     parser.add_argument("--size", nargs=2, type=int, default=list(size), metavar=("W", "H"),
                         help=f"network input size of the anatomy, each divisible by 16 (default {size[0]} {size[1]})")  # fmt: skip
     parser.add_argument("--anatomy", default=anatomy, required=anatomy is None,
-                        help=f"the anatomy's name in the datalist (default {anatomy})")  # fmt: skip
+                        help="the anatomy's name in the datalist" + (f" (default {anatomy})" if anatomy else ""))  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split draws (default 0)")
 
 
@@ -84,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="folder of the CHNCXR_NNNN_0.txt landmark files")
     _add_fractions(p, test=75 / 279)
     commands["shenzhen"] = _shenzhen
+
+    p = sub.add_parser("generic", help="any anatomy (e.g. pelvis): a hand-written CSV or JSON landmark file (docs/data.md)")
+    _add_common(p, None, (512, 512), raw="the landmark file (.csv or .json); image paths are relative to its folder")
+    p.add_argument("--spacing", nargs=2, type=float, metavar=("SX", "SY"), help="mm per pixel of images without their own")
+    p.add_argument("--sdr-radii", nargs="+", type=float, metavar="R", help="SDR radii in the anatomy's unit")
+    _add_fractions(p, test=0.2)
+    commands["generic"] = _generic
 
     parser.set_defaults(commands=commands)
     return parser

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..anatomies import Anatomy
 from ..datalist import SPLITS
 from ..image_io import read_image_header
 
@@ -206,6 +207,10 @@ def write_datalist(out_dir: str, prepared: PreparedAnatomy) -> str:
             raise PrepareError(f"{path}: the existing datalist is not valid JSON ({e}); remove it or choose another --out.") from None
         if not isinstance(existing, dict):
             raise PrepareError(f"{path}: the existing datalist is not a JSON object.")
+    try:
+        Anatomy.from_dict(prepared.name, prepared.spec, source="prepare")
+    except ValueError as e:
+        raise PrepareError(str(e)) from None
     data = merge_datalist(existing, prepared, out_dir)
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".datalist-", suffix=".json")
