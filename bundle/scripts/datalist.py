@@ -14,8 +14,10 @@ Format (paths relative to the datalist file's folder unless absolute)::
     }
 
 Landmarks are ``(x, y)`` in pixels of the original image (x right, y down, pixel centres at integers);
-``null``/NaN marks a landmark that is not annotated. ``spacing`` (mm per pixel, per axis) is optional per
-item; without it the anatomy's spacing applies, and without both the unit is pixels.
+``null``/NaN marks a landmark that is not annotated. The spacing (mm per pixel, per axis ``[sx, sy]``) of an
+item is, in this order: the item's ``spacing``; a DICOM image's header (``PixelSpacing``, else
+``ImagerPixelSpacing``; read when images are checked); the anatomy's ``spacing``; else none, and the unit is
+pixels. Items say which in ``spacing_source`` (an item may state its own, e.g. the hand's wrist rule).
 Every check here names the datalist file, the split, the item and the image.
 """
 
@@ -122,7 +124,13 @@ def _validate_item(
     except ValueError as e:
         raise DatalistError(f"{where}: {e}") from None
     anatomy = anatomies[domain]
-    spacing = raw.get("spacing", anatomy.spacing)
+    header = None
+    if check_images:
+        try:
+            header = read_image_header(image)
+        except (FileNotFoundError, ValueError) as e:
+            raise DatalistError(f"{where}: {e}") from None
+    spacing, source = _spacing(raw, header, anatomy.spacing)
     if spacing is not None:
         try:
             spacing = [float(v) for v in (spacing if isinstance(spacing, Sequence) else [spacing, spacing])]
@@ -137,18 +145,24 @@ def _validate_item(
         "size": list(anatomy.size),
         "spacing": spacing if spacing is not None else [1.0, 1.0],
         "unit": "mm" if spacing is not None else "px",
+        "spacing_source": str(raw.get("spacing_source", source)),
     }
-    header = None
-    if check_images:
-        try:
-            header = read_image_header(image)
-        except (FileNotFoundError, ValueError) as e:
-            raise DatalistError(f"{where}: {e}") from None
     if "landmarks" in raw and raw["landmarks"] is not None:
         item["landmarks"] = _landmarks(raw["landmarks"], anatomy.num_landmarks, anatomy.name, where, header)
     elif require_landmarks:
         raise DatalistError(f"{where}: no 'landmarks'.")
     return item
+
+
+def _spacing(raw: dict[str, Any], header, default: Any) -> tuple[Any, str]:
+    """An item's spacing and where it came from: the item, a DICOM header, the anatomy, or none (pixels)."""
+    if raw.get("spacing") is not None:
+        return raw["spacing"], "datalist item"
+    if header is not None and header.dicom_spacing is not None:
+        return list(header.dicom_spacing), f"DICOM {header.dicom_spacing_tag}"
+    if default is not None:
+        return default, "anatomy"
+    return None, "none (pixels)"
 
 
 def _landmarks(value: Any, count: int, anatomy: str, where: str, header) -> np.ndarray:

@@ -1,4 +1,9 @@
-"""Reading image headers through ITK, to check inputs before any training or inference starts."""
+"""Reading image headers through ITK, to check inputs before any training or inference starts.
+
+For DICOM, the physical pixel spacing is read from the header's own tags, ``PixelSpacing`` (0028,0030) or else
+``ImagerPixelSpacing`` (0018,1164), rather than from ITK's spacing: ITK reports 1.0 when there is none, which
+cannot be told apart from a real 1 mm, and for CR/DX it prefers the imager's spacing to the calibrated one.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ from dataclasses import dataclass
 
 import itk
 
-__all__ = ["ImageHeader", "read_image_header"]
+__all__ = ["ImageHeader", "read_image_header", "DICOM_SPACING_TAGS"]
+
+# in order of preference; each holds "row spacing\\column spacing" in mm, i.e. (sy, sx)
+DICOM_SPACING_TAGS = {"0028|0030": "PixelSpacing", "0018|1164": "ImagerPixelSpacing"}
 
 
 @dataclass(frozen=True)
@@ -18,6 +26,8 @@ class ImageHeader:
     size: tuple[int, ...]  # (W, H[, D]) in ITK's index order
     spacing: tuple[float, ...]
     components: int
+    dicom_spacing: tuple[float, float] | None = None  # (sx, sy) in mm from a DICOM header, if it states one
+    dicom_spacing_tag: str | None = None  # the tag it came from, e.g. "PixelSpacing"
 
 
 def read_image_header(path: str) -> ImageHeader:
@@ -42,4 +52,29 @@ def read_image_header(path: str) -> ImageHeader:
     spacing = tuple(float(io.GetSpacing(i)) for i in range(dims))
     if any(s <= 0 for s in size):
         raise ValueError(f"image file {path}: empty image (size {size}).")
-    return ImageHeader(path=path, size=size, spacing=spacing, components=int(io.GetNumberOfComponents()))
+    dicom = _dicom_spacing(io, path) if io.GetNameOfClass() == "GDCMImageIO" else None
+    return ImageHeader(
+        path=path,
+        size=size,
+        spacing=spacing,
+        components=int(io.GetNumberOfComponents()),
+        dicom_spacing=dicom[0] if dicom else None,
+        dicom_spacing_tag=dicom[1] if dicom else None,
+    )
+
+
+def _dicom_spacing(io, path: str) -> tuple[tuple[float, float], str] | None:
+    """``((sx, sy), tag name)`` from the first spacing tag present in a DICOM header, or None."""
+    tags = io.GetMetaDataDictionary()
+    for tag, name in DICOM_SPACING_TAGS.items():
+        if not tags.HasKey(tag):
+            continue
+        value = str(tags[tag]).strip()
+        try:
+            row, col = (float(v) for v in value.split("\\"))
+        except ValueError:
+            raise ValueError(f"image file {path}: DICOM {name} {value!r} is not two numbers 'row\\column'.") from None
+        if not (row > 0 and col > 0 and row != float("inf") and col != float("inf")):
+            raise ValueError(f"image file {path}: DICOM {name} {value!r} must be two positive numbers.")
+        return (col, row), name
+    return None
