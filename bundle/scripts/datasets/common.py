@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..anatomies import Anatomy
-from ..datalist import SPLITS
+from ..datalist import SPLITS, read_datalist_json
 from ..image_io import read_image_header
 
 __all__ = [
@@ -198,19 +198,11 @@ def write_datalist(out_dir: str, prepared: PreparedAnatomy) -> str:
     """Merge ``prepared`` into ``out_dir/datalist.json`` (created if absent), atomically; return its path."""
     out_dir = os.path.abspath(out_dir)
     path = os.path.join(out_dir, "datalist.json")
-    existing: dict[str, Any] = {}
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                existing = json.load(f)
-        except json.JSONDecodeError as e:
-            raise PrepareError(f"{path}: the existing datalist is not valid JSON ({e}); remove it or choose another --out.") from None
-        if not isinstance(existing, dict):
-            raise PrepareError(f"{path}: the existing datalist is not a JSON object.")
     try:
         Anatomy.from_dict(prepared.name, prepared.spec, source="prepare")
-    except ValueError as e:
-        raise PrepareError(str(e)) from None
+        existing = read_datalist_json(path) if os.path.isfile(path) else {}
+    except ValueError as e:  # a bad spec, or an existing datalist that is not a JSON object
+        raise PrepareError(f"{e} Nothing was written.") from None
     data = merge_datalist(existing, prepared, out_dir)
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".datalist-", suffix=".json")
