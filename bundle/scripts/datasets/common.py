@@ -9,6 +9,7 @@ through a temporary file and a rename, so a failed preparation leaves nothing pa
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import math
 import os
@@ -127,8 +128,6 @@ def find_images(folder: str, pattern: str = "*") -> dict[str, str]:
 
     Two files with the same stem (``001.bmp`` and ``001.jpg``) are an error: the image id would be ambiguous.
     """
-    import fnmatch
-
     found: dict[str, str] = {}
     for root, _, files in os.walk(folder):
         for name in sorted(files):
@@ -209,6 +208,7 @@ def write_datalist(out_dir: str, prepared: PreparedAnatomy) -> str:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)
+        os.chmod(tmp, 0o644)  # mkstemp's file is private; a datalist is not
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
