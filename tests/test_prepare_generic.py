@@ -7,7 +7,9 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from conftest import BUNDLE
 from official_layouts import dicom_image, pelvis_csv
 from scripts.datasets.common import PrepareError
 from scripts.datasets.generic import prepare_generic
@@ -119,3 +121,16 @@ def test_cli_writes_nothing_on_bad_input_and_merges_on_good(pelvis, tmp_path, ca
     assert list(data["anatomies"]) == ["pelvis", "pelvis2"] and data["anatomies"]["pelvis2"]["spacing"] == [0.1, 0.2]
     assert sum(len(data[s]) for s in ("training", "validation", "test")) == 12
     assert "unit: mm" in capsys.readouterr().out
+
+
+def test_the_docs_worked_example(tmp_path):
+    text = open(os.path.join(BUNDLE, "docs", "data.md")).read()
+    block = text.split("Pelvis, 10 landmarks, measured in pixels:\n\n```\n")[1].split("```")[0]
+    (tmp_path / "pelvis.csv").write_text(block)
+    (tmp_path / "images").mkdir()
+    for name in ("p001", "p002"):
+        Image.fromarray(np.zeros((1600, 2048), np.uint8)).save(tmp_path / "images" / f"{name}.png")
+    prepared = prepare_generic(str(tmp_path / "pelvis.csv"), "pelvis", test_fraction=0.5, val_fraction=0)
+    assert len(prepared.spec["landmarks"]) == 10 and prepared.report["unit"] == "px"
+    p002 = next(it for s in prepared.splits.values() for it in s if it["id"] == "images/p002.png")
+    assert p002["landmarks"][8] is None and p002["landmarks"][9] == [1281.0, 1502.0]

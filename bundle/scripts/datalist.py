@@ -34,7 +34,7 @@ import numpy as np
 from .anatomies import AnatomySet
 from .image_io import read_image_header
 
-__all__ = ["DatalistError", "load_anatomies", "load_datalist", "inference_items"]
+__all__ = ["DatalistError", "load_anatomies", "load_datalist", "inference_items", "read_datalist_json"]
 
 SPLITS = ("training", "validation", "test")
 
@@ -43,7 +43,8 @@ class DatalistError(ValueError):
     """A datalist or one of its items is wrong; the message says where and what."""
 
 
-def _read_json(path: str) -> dict[str, Any]:
+def read_datalist_json(path: str) -> dict[str, Any]:
+    """The datalist file's JSON object, unchecked beyond that."""
     if not os.path.isfile(path):
         raise DatalistError(f"datalist {path}: file does not exist.")
     try:
@@ -58,7 +59,7 @@ def _read_json(path: str) -> dict[str, Any]:
 
 def load_anatomies(datalist_path: str) -> AnatomySet:
     """The ordered anatomies (network domains) declared in a datalist."""
-    data = _read_json(datalist_path)
+    data = read_datalist_json(datalist_path)
     if "anatomies" not in data:
         raise DatalistError(f"datalist {datalist_path}: no 'anatomies' section.")
     try:
@@ -88,7 +89,7 @@ def load_datalist(
         ``spacing`` (``[sx, sy]``), ``unit`` (``"mm"`` or ``"px"``) and, when present, ``landmarks`` (float32
         ``(N, 2)``, NaN where not annotated).
     """
-    data = _read_json(datalist_path)
+    data = read_datalist_json(datalist_path)
     anatomies = anatomies or load_anatomies(datalist_path)
     root = os.path.dirname(os.path.abspath(datalist_path))
     splits = [split] if isinstance(split, str) else list(split)

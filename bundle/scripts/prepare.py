@@ -11,6 +11,7 @@ written; the datalist is then replaced atomically. Images stay where they are (t
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,32 +25,10 @@ from .datasets.shenzhen import prepare_shenzhen
 __all__ = ["main", "build_parser"]
 
 
-def _isbi2015(args: argparse.Namespace) -> PreparedAnatomy:
-    return prepare_isbi2015(
-        args.raw, size=args.size, protocol=args.protocol, label=args.label, val_fraction=args.val_fraction,
-        seed=args.seed, anatomy=args.anatomy,
-    )  # fmt: skip
-
-
-def _hand(args: argparse.Namespace) -> PreparedAnatomy:
-    return prepare_hand(
-        args.raw, labels=args.labels, size=args.size, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        seed=args.seed, anatomy=args.anatomy,
-    )  # fmt: skip
-
-
-def _shenzhen(args: argparse.Namespace) -> PreparedAnatomy:
-    return prepare_shenzhen(
-        args.raw, labels=args.labels, size=args.size, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        seed=args.seed, anatomy=args.anatomy,
-    )  # fmt: skip
-
-
-def _generic(args: argparse.Namespace) -> PreparedAnatomy:
-    return prepare_generic(
-        args.raw, anatomy=args.anatomy, size=args.size, spacing=args.spacing, sdr_radii=args.sdr_radii,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-    )  # fmt: skip
+def _run(reader: Callable[..., PreparedAnatomy], args: argparse.Namespace) -> PreparedAnatomy:
+    """Call a reader with the parsed options its signature names (option ``--val-fraction`` -> ``val_fraction``)."""
+    names = inspect.signature(reader).parameters
+    return reader(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def _add_fractions(parser: argparse.ArgumentParser, test: float) -> None:
@@ -71,7 +50,6 @@ def _add_common(parser: argparse.ArgumentParser, anatomy: str | None, size: Sequ
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scripts.prepare", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="source", required=True, metavar="source")
-    commands: dict[str, Callable[[argparse.Namespace], PreparedAnatomy]] = {}
 
     p = sub.add_parser("isbi2015", help="head: ISBI 2015 cephalometric challenge (official or CSV layout)")
     _add_common(p, "head", (416, 512))
@@ -79,28 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper: test = Test1 + Test2; challenge: also the test1 and test2 splits")  # fmt: skip
     p.add_argument("--label", choices=LABELS, default="mean", help="mean of the two doctors (default), or one")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of training images for validation")
-    commands["isbi2015"] = _isbi2015
+    p.set_defaults(reader=prepare_isbi2015)
 
     p = sub.add_parser("hand", help="hand: Digital Hand Atlas images + Payer et al.'s all.csv (37 landmarks)")
     _add_common(p, "hand", (352, 512))
     p.add_argument("--labels", help="Payer et al.'s all.csv (default RAW/all.csv)")
     _add_fractions(p, test=1 / 3)
-    commands["hand"] = _hand
+    p.set_defaults(reader=prepare_hand)
 
     p = sub.add_parser("shenzhen", help="chest: Shenzhen CHNCXR_*_0.png + the 6-landmark label files")
     _add_common(p, "chest", (512, 512))
     p.add_argument("--labels", required=True, help="folder of the CHNCXR_NNNN_0.txt landmark files")
     _add_fractions(p, test=75 / 279)
-    commands["shenzhen"] = _shenzhen
+    p.set_defaults(reader=prepare_shenzhen)
 
     p = sub.add_parser("generic", help="any anatomy (e.g. pelvis): a hand-written CSV or JSON landmark file (docs/data.md)")
     _add_common(p, None, (512, 512), raw="the landmark file (.csv or .json); image paths are relative to its folder")
     p.add_argument("--spacing", nargs=2, type=float, metavar=("SX", "SY"), help="mm per pixel of images without their own")
     p.add_argument("--sdr-radii", nargs="+", type=float, metavar="R", help="SDR radii in the anatomy's unit")
     _add_fractions(p, test=0.2)
-    commands["generic"] = _generic
-
-    parser.set_defaults(commands=commands)
+    p.set_defaults(reader=prepare_generic)
     return parser
 
 
@@ -115,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run one preparation; return its report. Bad input exits with the message (file, line, problem)."""
     args = build_parser().parse_args(argv)
     try:
-        prepared = args.commands[args.source](args)
+        prepared = _run(args.reader, args)
         path = write_datalist(args.out, prepared)
     except PrepareError as e:
         sys.exit(f"prepare {args.source}: {e}")

@@ -9,6 +9,7 @@ through a temporary file and a rename, so a failed preparation leaves nothing pa
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..anatomies import Anatomy
-from ..datalist import SPLITS
+from ..datalist import SPLITS, read_datalist_json
 from ..image_io import read_image_header
 
 __all__ = [
@@ -127,8 +128,6 @@ def find_images(folder: str, pattern: str = "*") -> dict[str, str]:
 
     Two files with the same stem (``001.bmp`` and ``001.jpg``) are an error: the image id would be ambiguous.
     """
-    import fnmatch
-
     found: dict[str, str] = {}
     for root, _, files in os.walk(folder):
         for name in sorted(files):
@@ -198,25 +197,18 @@ def write_datalist(out_dir: str, prepared: PreparedAnatomy) -> str:
     """Merge ``prepared`` into ``out_dir/datalist.json`` (created if absent), atomically; return its path."""
     out_dir = os.path.abspath(out_dir)
     path = os.path.join(out_dir, "datalist.json")
-    existing: dict[str, Any] = {}
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                existing = json.load(f)
-        except json.JSONDecodeError as e:
-            raise PrepareError(f"{path}: the existing datalist is not valid JSON ({e}); remove it or choose another --out.") from None
-        if not isinstance(existing, dict):
-            raise PrepareError(f"{path}: the existing datalist is not a JSON object.")
     try:
         Anatomy.from_dict(prepared.name, prepared.spec, source="prepare")
-    except ValueError as e:
-        raise PrepareError(str(e)) from None
+        existing = read_datalist_json(path) if os.path.isfile(path) else {}
+    except ValueError as e:  # a bad spec, or an existing datalist that is not a JSON object
+        raise PrepareError(f"{e} Nothing was written.") from None
     data = merge_datalist(existing, prepared, out_dir)
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".datalist-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)
+        os.chmod(tmp, 0o644)  # mkstemp's file is private; a datalist is not
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -119,7 +119,7 @@ def read_landmark_file(path: str) -> tuple[list[str] | int, dict[str, Any], list
 
 
 def prepare_generic(
-    path: str,
+    raw: str,
     anatomy: str,
     size: tuple[int, int] = (512, 512),
     spacing: Sequence[float] | None = None,
@@ -131,14 +131,14 @@ def prepare_generic(
     """Check a hand-written landmark file and turn it into an anatomy.
 
     Args:
-        path: the ``.csv`` or ``.json`` landmark file.
+        raw: the ``.csv`` or ``.json`` landmark file.
         anatomy: the anatomy's name, e.g. ``"pelvis"``.
         size: the network input size ``(W, H)``, each divisible by 16.
         spacing: mm per pixel ``(sx, sy)`` of every image without its own (overrides the JSON's ``spacing``).
         sdr_radii: radii of the success detection rate in the anatomy's unit (default: 2/2.5/3/4 mm or 3/6/9 px).
         val_fraction, test_fraction, seed: the random draw of images whose file gives no ``split``.
     """
-    path = os.path.abspath(path)
+    path = os.path.abspath(raw)
     names, defaults, rows = read_landmark_file(path)
     if isinstance(names, int):
         names = [f"{anatomy}_{k + 1}" for k in range(names)]
