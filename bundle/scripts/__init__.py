@@ -12,5 +12,5 @@ from .landmark_transforms import PointsInImaged, ResizeToSized, ToGray2D, ToGray
 from .losses import HeatmapBCELoss
 from .metrics import LandmarkErrorMetric, radial_errors, summarize_anatomy, summarize_errors
 from .outputs import SaveLandmarksd, SaveOverlayd, overlay_image
-from .reports import format_metrics_table, write_metrics_json
+from .reports import EvaluationReport, MLFlowReportHandler, format_metrics_table, write_metrics_json
 from .sampling import AnatomyBatchSampler

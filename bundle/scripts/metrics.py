@@ -106,7 +106,7 @@ class LandmarkErrorMetric(Metric):
             true = np.asarray(item[self.true_key], dtype=np.float64).reshape(pred.shape)
             spacing = np.asarray(item["spacing"], dtype=np.float64).ravel()[:2]
             image = item.get("image")
-            name = image.meta.get("filename_or_obj") if hasattr(image, "meta") else None
+            name = image.meta.get("filename_or_obj") if hasattr(image, "meta") else image
             self.records.append(
                 {
                     "image": str(name) if name is not None else "",
