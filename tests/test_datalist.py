@@ -86,3 +86,15 @@ def test_inference_items_need_an_anatomy(folder):
         inference_items(anatomies, [str(folder / "a.png")], None)
     with pytest.raises(DatalistError, match="unknown anatomy"):
         inference_items(anatomies, [str(folder / "a.png")], "hand")
+
+
+def test_any_datalist_key_is_a_split_and_items_remember_theirs(folder):
+    path = _write(folder, [])
+    data = json.loads(open(path).read())
+    data["test1"] = [{"image": "a.png", "anatomy": "knee", "landmarks": [[1, 2], [3, 4]]}]
+    data["test2"] = [{"image": "b.png", "anatomy": "knee", "landmarks": [[5, 6], None]}]
+    (folder / "datalist.json").write_text(json.dumps(data))
+    items = load_datalist(path, ["test1", "test2"])
+    assert [it["split"] for it in items] == ["test1", "test2"]
+    with pytest.raises(DatalistError, match=r"datalist\.json: no split 'test'; its splits are \['training', 'test1', 'test2'\]"):
+        load_datalist(path, ["test1", "test"])

@@ -46,6 +46,27 @@ def test_subpixel_decoding_beats_argmax_on_known_centres():
     assert errors["local_mean"] < errors["argmax"]
 
 
+def test_gaussian_fit_recovers_elongated_rotated_peaks_and_falls_back_when_degenerate():
+    xx, yy = torch.meshgrid(torch.arange(32.0), torch.arange(40.0), indexing="ij")
+    cx, cy, t = 15.3, 22.8, 0.6  # a peak 2 x 4 px wide, rotated by 0.6 rad: not separable along the axes
+    u = (xx - cx) * np.cos(t) + (yy - cy) * np.sin(t)
+    v = -(xx - cx) * np.sin(t) + (yy - cy) * np.cos(t)
+    rotated = 0.3 * torch.exp(-(u**2) / (2 * 2.0**2) - v**2 / (2 * 4.0**2))  # a low peak: scale does not matter
+    flat = torch.zeros(32, 40)
+    flat[10:13, 20:23] = 0.5  # a plateau: log-quadratic fit is degenerate -> local mean, the plateau's centre
+    edge = LandmarkHeatmap(3.0)(torch.tensor([[0.3, 39.0]]), (32, 40))[0]  # half the window outside the image
+    pts, conf = decode_heatmaps(torch.stack([rotated, flat, edge]), "gaussian", window=7)
+    assert pts[0].tolist() == pytest.approx([cx, cy], abs=1e-3)
+    assert pts[1].tolist() == pytest.approx([11.0, 21.0], abs=1e-6)
+    assert pts[2].tolist() == pytest.approx([0.3, 39.0], abs=1e-3)
+    assert conf.tolist() == pytest.approx([float(rotated.max()), 0.5, 1.0], abs=1e-6)
+
+
+def test_decoding_window_must_be_odd():
+    with pytest.raises(ValueError, match="odd"):
+        decode_heatmaps(torch.zeros(1, 8, 8), "gaussian", window=4)
+
+
 def test_decoding_rejects_unknown_method():
     with pytest.raises(ValueError, match="unknown decoding"):
         decode_heatmaps(torch.zeros(1, 8, 8), "magic")

@@ -33,12 +33,51 @@ def bundle(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_demo, tmp_path_factory):
+def with_missing(tiny_demo, tmp_path_factory) -> str:
+    """The tiny demo with some landmarks not annotated (null) in every split: nothing may crash on them."""
+    folder = tmp_path_factory.mktemp("missing")
+    data = json.load(open(os.path.join(tiny_demo, "datalist.json")))
+    for split in ("training", "validation", "test"):
+        for k, item in enumerate(data[split][::3]):
+            item["landmarks"][k % 6] = None
+    os.symlink(os.path.join(tiny_demo, "images"), str(folder / "images"))
+    (folder / "datalist.json").write_text(json.dumps(data))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def trained(with_missing, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run"))
-    common = ["--dataset_dir", tiny_demo, "--output_dir", out, "--val_interval", "1", "--batch_size", "2"]
+    common = ["--dataset_dir", with_missing, "--output_dir", out, "--val_interval", "1", "--batch_size", "2"]
     first = bundle("run", "training", "--config_file", TRAIN, "--max_epochs", "1", *common)
     second = bundle("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common)
-    return {"out": out, "data": tiny_demo, "logs": (first.stdout + first.stderr, second.stdout + second.stderr)}
+    return {"out": out, "data": with_missing, "logs": (first.stdout + first.stderr, second.stdout + second.stderr)}
+
+
+def test_one_training_iteration_with_missing_landmarks_is_finite(with_missing, tmp_path):
+    """A batch whose items miss landmarks: NaN survives augmentation, the loss skips it, the weights stay finite."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([os.path.join(BUNDLE, f) for f in ("configs/inference.yaml", "configs/train.yaml")])
+    parser.update(
+        {
+            "dataset_dir": with_missing, "output_dir": str(tmp_path), "batch_size": 2, "max_epochs": 1,
+            "rotate_prob": 1.0, "translate_prob": 1.0, "train#trainer#epoch_length": 1, "train#handlers": [],
+            "train#datalist": f"$[d for d in scripts.load_datalist(@datalist, 'training', anatomies=@anatomies) if d['anatomy'] == 'chest'][:2]",
+        }
+    )  # fmt: skip
+    items = parser.get_parsed_content("train#datalist")
+    k = next(i for i, it in enumerate(items) if np.isnan(it["landmarks"]).any())
+    sample = parser.get_parsed_content("train#dataset")[k]
+    missing = np.isnan(items[k]["landmarks"]).any(1)
+    assert torch.isnan(sample["landmarks"][0][missing]).all() and torch.isfinite(sample["landmarks"][0][~missing]).all()
+    assert torch.isnan(sample["label"][missing]).all() and torch.isfinite(sample["label"][~missing]).all()
+    trainer = parser.get_parsed_content("train#trainer")
+    trainer.run()
+    assert np.isfinite(trainer.state.output[0]["loss"])
+    assert all(torch.isfinite(p).all() for p in parser.get_parsed_content("network").parameters())
 
 
 def test_training_writes_checkpoints_and_an_mlflow_run(trained):
@@ -59,15 +98,39 @@ def test_second_run_resumes_after_the_first_epoch(trained):
     assert "Epoch: 1/2" not in trained["logs"][1] and "Epoch: 2/2" in trained["logs"][1]
 
 
-def test_evaluate_writes_metrics_per_anatomy_with_units(trained):
+def test_evaluate_writes_the_report_and_logs_it_to_mlflow(trained):
     out = os.path.join(trained["out"], "eval")
     ckpt = os.path.join(trained["out"], "models", "model.pt")
-    bundle("run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", trained["data"], "--ckpt_path", ckpt, "--output_dir", out)
+    bundle(
+        "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", trained["data"], "--ckpt_path", ckpt,
+        "--output_dir", out, "--eval_split", "['validation','test']",
+    )
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["head"]["unit"] == "mm" and metrics["chest"]["unit"] == "px"
     assert set(metrics["head"]["SDR"]) == {"2", "2.5", "3", "4"} and set(metrics["pelvis"]["SDR"]) == {"3", "6", "9"}
-    assert len(metrics["hand"]["per_landmark_MRE"]) == 37 and metrics["hand"]["images"] == 2
+    assert len(metrics["hand"]["per_landmark_MRE"]) == 37 and metrics["hand"]["images"] == 4
+    assert set(metrics["hand"]["per_split"]) == {"validation", "test"} and metrics["hand"]["per_split"]["test"]["images"] == 2
     assert np.isfinite(metrics["head"]["MRE"]) and metrics["_baseline_mean_shape"]["head"]["unit"] == "mm"
+    data = json.load(open(os.path.join(trained["data"], "datalist.json")))
+    nulls = sum(p is None for split in ("validation", "test") for it in data[split] for p in it["landmarks"])
+    assert sum(v["missing_landmarks"] for k, v in metrics.items() if not k.startswith("_")) == nulls > 0
+    assert metrics["_run"]["split"] == ["validation", "test"] and metrics["_run"]["decoder"] == "gaussian"
+    rows = open(os.path.join(out, "predictions.csv")).read().splitlines()
+    assert len(rows) == 1 + 4 * (19 + 37 + 6 + 10)
+    report = open(os.path.join(out, "report.md")).read()
+    assert "## head" in report and "mean-shape baseline" in report and "### Worst cases" in report
+    assert sorted(os.listdir(os.path.join(out, "figures"))) == [f"ced_{a}.png" for a in ("chest", "hand", "head", "pelvis")]
+    assert len(os.listdir(os.path.join(out, "worst_cases"))) == 4 * 3
+    import mlflow
+
+    client = mlflow.MlflowClient("sqlite:///" + os.path.join(out, "mlruns.db"))
+    (run,) = client.search_runs([client.get_experiment_by_name("gu2net").experiment_id])
+    assert run.info.run_name.startswith("evaluate_") and run.data.metrics["test_mre"] == pytest.approx(
+        np.mean([metrics[a]["MRE"] for a in ("head", "hand", "chest", "pelvis")])
+    )
+    assert {"metrics.json", "predictions.csv", "report.md", "figures", "worst_cases"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id)
+    }
 
 
 def test_inference_writes_original_space_json_and_overlay(trained):

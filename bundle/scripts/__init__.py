@@ -11,7 +11,7 @@ from .heatmaps import DecodeLandmarksd, LandmarkHeatmap, LandmarkHeatmapd, decod
 from .image_io import read_image_header
 from .landmark_transforms import PointsInImaged, ResizeToSized, ToGray2D, ToGray2Dd
 from .losses import HeatmapBCELoss
-from .metrics import LandmarkErrorMetric, radial_errors, summarize_errors
+from .metrics import LandmarkErrorMetric, radial_errors, summarize_anatomy, summarize_errors
 from .outputs import SaveLandmarksd, SaveOverlayd, overlay_image
-from .reports import format_metrics_table, write_metrics_json
+from .reports import EvaluationReport, MLFlowReportHandler, format_metrics_table, write_metrics_json
 from .sampling import AnatomyBatchSampler

@@ -12,7 +12,7 @@ import numpy as np
 
 from .anatomies import AnatomySet
 from .image_io import read_image_header
-from .metrics import radial_errors, summarize_errors
+from .metrics import radial_errors, summarize_anatomy
 
 __all__ = ["mean_shape", "mean_shape_baseline"]
 
@@ -42,5 +42,5 @@ def mean_shape_baseline(
     for a in anatomies:
         if a.name in errors:
             unit = next(it["unit"] for it in test_items if it["anatomy"] == a.name)
-            out[a.name] = {"unit": unit, **summarize_errors(np.stack(errors[a.name]), a.sdr_radii)}
+            out[a.name] = {"unit": unit, "images": len(errors[a.name]), **summarize_anatomy(np.stack(errors[a.name]), a)}
     return out

@@ -79,15 +79,16 @@ def load_datalist(
 
     Args:
         datalist_path: path of the datalist JSON.
-        split: ``"training"``, ``"validation"``, ``"test"`` or a list of them.
+        split: any list-valued key of the datalist (``"training"``, ``"validation"``, ``"test"``, or e.g. ISBI's
+            ``"test1"``/``"test2"``), or a list of them.
         anatomies: the anatomies to map names to domains (e.g. a checkpoint's); default: the datalist's own.
         require_landmarks: False for inference lists, whose items need no landmarks.
         check_images: read every image's header (exists, readable, landmarks inside it).
 
     Returns:
         items with keys ``image`` (absolute path), ``anatomy``, ``domain``, ``size`` (network input ``[W, H]``),
-        ``spacing`` (``[sx, sy]``), ``unit`` (``"mm"`` or ``"px"``) and, when present, ``landmarks`` (float32
-        ``(N, 2)``, NaN where not annotated).
+        ``spacing`` (``[sx, sy]``), ``unit`` (``"mm"`` or ``"px"``), ``split`` (the key it was listed under) and,
+        when present, ``landmarks`` (float32 ``(N, 2)``, NaN where not annotated).
     """
     data = read_datalist_json(datalist_path)
     anatomies = anatomies or load_anatomies(datalist_path)
@@ -97,12 +98,13 @@ def load_datalist(
     seen: dict[str, str] = {}
     for s in splits:
         if s not in data:
-            raise DatalistError(f"datalist {datalist_path}: no split {s!r} (it has {[k for k in SPLITS if k in data]}).")
+            have = [k for k, v in data.items() if isinstance(v, list)]
+            raise DatalistError(f"datalist {datalist_path}: no split {s!r}; its splits are {have}.")
         if not isinstance(data[s], list):
             raise DatalistError(f"datalist {datalist_path}: split {s!r} must be a list of items.")
         for i, raw in enumerate(data[s]):
             where = f"datalist {datalist_path}, {s}[{i}]"
-            item = _validate_item(raw, where, root, anatomies, require_landmarks, check_images)
+            item = {**_validate_item(raw, where, root, anatomies, require_landmarks, check_images), "split": s}
             key = item["image"]
             if key in seen:
                 raise DatalistError(f"{where}: image {key} is listed twice (also at {seen[key]}).")

@@ -90,54 +90,80 @@ def _argmax(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([idx // h, idx % h], 1), value
 
 
+def _window(heatmaps: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``(C, k, k)`` patches around each channel's peak (zero outside the image), the peaks, the offsets.
+
+    Returns the patches (float64), the integer peaks ``(C, 2)`` and the ``(k, k, 2)`` offsets of the patch
+    pixels from the peak, so that a patch pixel lies at ``peak + offset``.
+    """
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"the decoding window must be a positive odd number of pixels, got {window}.")
+    peak, _ = _argmax(heatmaps)
+    r = window // 2
+    padded = torch.nn.functional.pad(heatmaps.double(), (r, r, r, r))
+    d = torch.arange(-r, r + 1)
+    ix = (peak[:, 0, None, None] + r + d[None, :, None]).expand(-1, window, window)
+    iy = (peak[:, 1, None, None] + r + d[None, None, :]).expand(-1, window, window)
+    patch = padded[torch.arange(len(peak))[:, None, None], ix, iy]
+    offsets = torch.stack(torch.meshgrid(d, d, indexing="ij"), -1).double()
+    return patch, peak, offsets
+
+
 def _decode_argmax(heatmaps: torch.Tensor, window: int) -> torch.Tensor:
+    """The peak pixel: the paper's decoding, at best within half a pixel of the true centre."""
     return _argmax(heatmaps)[0].float()
 
 
+def _local_mean(patch: torch.Tensor, peak: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    weights = patch.clamp_min(0)
+    total = weights.sum((1, 2))
+    shift = (weights[..., None] * offsets).sum((1, 2)) / total.clamp_min(1e-300)[:, None]
+    return torch.where(total[:, None] > 0, peak.double() + shift, peak.double())
+
+
 def _decode_local_mean(heatmaps: torch.Tensor, window: int) -> torch.Tensor:
-    """Heatmap-weighted mean of the coordinates in a ``window x window`` square around the peak."""
-    peak, _ = _argmax(heatmaps)
-    c, w, h = heatmaps.shape
-    r = window // 2
-    out = torch.empty(c, 2)
-    for k in range(c):
-        x0, x1 = max(int(peak[k, 0]) - r, 0), min(int(peak[k, 0]) + r + 1, w)
-        y0, y1 = max(int(peak[k, 1]) - r, 0), min(int(peak[k, 1]) + r + 1, h)
-        patch = heatmaps[k, x0:x1, y0:y1].clamp_min(0).double()
-        total = patch.sum()
-        if total <= 0:
-            out[k] = peak[k].float()
-            continue
-        xs = torch.arange(x0, x1, dtype=torch.float64)[:, None]
-        ys = torch.arange(y0, y1, dtype=torch.float64)[None, :]
-        out[k, 0] = float((patch * xs).sum() / total)
-        out[k, 1] = float((patch * ys).sum() / total)
-    return out
+    """Heatmap-weighted mean of the coordinates in a ``window x window`` square around the peak.
+
+    Robust to any peak shape, but biased towards the peak pixel when the window cuts the peak's tails.
+    """
+    return _local_mean(*_window(heatmaps, window)).float()
 
 
 def _decode_gaussian(heatmaps: torch.Tensor, window: int) -> torch.Tensor:
-    """Fit a parabola to the log-heatmap at the peak and its two neighbours, per axis.
+    """Fit a 2D Gaussian to the ``window x window`` square around the peak; its centre is the landmark.
 
-    A Gaussian's logarithm is exactly quadratic, so for Gaussian-shaped peaks this recovers the sub-pixel
-    centre; the offset is clipped to half a pixel so a flat or noisy peak cannot throw the point away.
+    A Gaussian's logarithm is a quadratic ``a + b.x + x^T Q x``, so the fit is a linear least-squares fit
+    of ``log h`` (Guo's method, weighted by ``h^2`` because the logarithm magnifies the noise of small
+    values); it is exact for Gaussian peaks of any width, elongation or rotation. Where the fit is
+    degenerate (too few positive values, a quadratic that is not a peak, or a centre outside the window)
+    the landmark falls back to the local mean.
     """
-    peak, _ = _argmax(heatmaps)
-    c, w, h = heatmaps.shape
-    logs = torch.log(heatmaps.double().clamp_min(1e-10))
-    out = peak.double().clone()
-    for k in range(c):
-        px, py = int(peak[k, 0]), int(peak[k, 1])
-        for axis, (n, p) in enumerate(((w, px), (h, py))):
-            if p <= 0 or p >= n - 1:
-                continue
-            if axis == 0:
-                a, b, cc = logs[k, p - 1, py], logs[k, p, py], logs[k, p + 1, py]
-            else:
-                a, b, cc = logs[k, px, p - 1], logs[k, px, p], logs[k, px, p + 1]
-            denom = a - 2 * b + cc
-            if denom < -1e-12:
-                out[k, axis] += float(torch.clamp(0.5 * (a - cc) / denom, -0.5, 0.5))
-    return out.float()
+    patch, peak, offsets = _window(heatmaps, window)
+    c = patch.shape[0]
+    x, y = offsets[..., 0].reshape(-1), offsets[..., 1].reshape(-1)
+    design = torch.stack([torch.ones_like(x), x, y, x * x, x * y, y * y], 1)  # (k*k, 6)
+    values = patch.reshape(c, -1)
+    positive = values > 1e-12
+    logs = torch.log(torch.where(positive, values, torch.ones_like(values)))
+    weights = torch.where(positive, values, torch.zeros_like(values)) ** 2
+    weights = weights / weights.amax(1, keepdim=True).clamp_min(1e-300)
+    normal = torch.einsum("pi,cp,pj->cij", design, weights, design)
+    rhs = torch.einsum("pi,cp,cp->ci", design, weights, logs)
+    theta, info = torch.linalg.solve_ex(normal, rhs)
+    hessian = torch.stack([2 * theta[:, 3], theta[:, 4], theta[:, 4], 2 * theta[:, 5]], 1).reshape(c, 2, 2)
+    shift, info2 = torch.linalg.solve_ex(hessian, -theta[:, 1:3])
+    det = hessian[:, 0, 0] * hessian[:, 1, 1] - hessian[:, 0, 1] ** 2
+    ok = (
+        (info == 0)
+        & (info2 == 0)
+        & (positive.sum(1) >= 6)
+        & (hessian[:, 0, 0] < 0)
+        & (det > 0)
+        & torch.isfinite(shift).all(1)
+        & (shift.abs() <= window // 2).all(1)
+    )
+    fitted = peak.double() + torch.nan_to_num(shift)
+    return torch.where(ok[:, None], fitted, _local_mean(patch, peak, offsets)).float()
 
 
 DECODERS = {"argmax": _decode_argmax, "local_mean": _decode_local_mean, "gaussian": _decode_gaussian}

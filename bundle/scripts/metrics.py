@@ -15,9 +15,9 @@ import torch
 from ignite.engine import Engine
 from ignite.metrics import Metric
 
-from .anatomies import AnatomySet
+from .anatomies import Anatomy, AnatomySet
 
-__all__ = ["radial_errors", "summarize_errors", "LandmarkErrorMetric"]
+__all__ = ["radial_errors", "summarize_errors", "summarize_anatomy", "LandmarkErrorMetric"]
 
 
 def radial_errors(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float] = (1.0, 1.0)) -> np.ndarray:
@@ -43,6 +43,22 @@ def summarize_errors(errors: np.ndarray, radii: Sequence[float]) -> dict[str, An
         "SDR": {f"{r:g}": float((e <= r).mean() * 100.0) for r in radii},
         "count": int(e.size),
     }
+
+
+def summarize_anatomy(errors: np.ndarray, anatomy: Anatomy) -> dict[str, Any]:
+    """The figures of one anatomy from its ``(images, landmarks)`` errors (NaN = not annotated).
+
+    Overall MRE, STD, median and SDR at the anatomy's radii, the landmark counts (annotated and missing),
+    and the same figures per landmark (``per_landmark``; ``per_landmark_MRE`` keeps the short form).
+    """
+    errors = np.asarray(errors, dtype=np.float64).reshape(-1, anatomy.num_landmarks)
+    out = summarize_errors(errors, anatomy.sdr_radii)
+    missing = np.isnan(errors)
+    out["missing_landmarks"] = int(missing.sum())
+    out["images_with_missing"] = int(missing.any(1).sum())
+    out["per_landmark"] = {n: summarize_errors(errors[:, k], anatomy.sdr_radii) for k, n in enumerate(anatomy.landmarks)}
+    out["per_landmark_MRE"] = {n: v["MRE"] for n, v in out["per_landmark"].items()}
+    return out
 
 
 def _as_list(x: Any) -> list:
@@ -90,11 +106,12 @@ class LandmarkErrorMetric(Metric):
             true = np.asarray(item[self.true_key], dtype=np.float64).reshape(pred.shape)
             spacing = np.asarray(item["spacing"], dtype=np.float64).ravel()[:2]
             image = item.get("image")
-            name = image.meta.get("filename_or_obj") if hasattr(image, "meta") else None
+            name = image.meta.get("filename_or_obj") if hasattr(image, "meta") else image
             self.records.append(
                 {
                     "image": str(name) if name is not None else "",
                     "anatomy": str(item["anatomy"]),
+                    "split": str(item.get("split", "")),
                     "unit": str(item["unit"]),
                     "pred": pred,
                     "true": true,
@@ -105,21 +122,23 @@ class LandmarkErrorMetric(Metric):
             )
 
     def summary(self) -> dict[str, Any]:
-        """Per anatomy: unit, MRE, STD, median, SDR at its radii, per-landmark MRE, image and missing counts."""
+        """Per anatomy: unit, image count, :func:`summarize_anatomy`'s figures and, over several splits, ``per_split``."""
         out: dict[str, Any] = {}
         for anatomy in self.anatomies:
             recs = [r for r in self.records if r["anatomy"] == anatomy.name]
             if not recs:
                 continue
-            errors = np.stack([r["errors"] for r in recs])  # (images, landmarks)
             units = sorted({r["unit"] for r in recs})
             entry = {"unit": units[0] if len(units) == 1 else "mixed:" + ",".join(units), "images": len(recs)}
-            entry.update(summarize_errors(errors, anatomy.sdr_radii))
-            entry["missing_landmarks"] = int(np.isnan(errors).sum())
-            with np.errstate(invalid="ignore"):
-                entry["per_landmark_MRE"] = {
-                    n: (float(np.nanmean(errors[:, k])) if (~np.isnan(errors[:, k])).any() else float("nan"))
-                    for k, n in enumerate(anatomy.landmarks)
+            entry.update(summarize_anatomy(np.stack([r["errors"] for r in recs]), anatomy))
+            splits = sorted({r["split"] for r in recs})
+            if len(splits) > 1:
+                entry["per_split"] = {
+                    s: {
+                        "images": sum(r["split"] == s for r in recs),
+                        **summarize_errors(np.stack([r["errors"] for r in recs if r["split"] == s]), anatomy.sdr_radii),
+                    }
+                    for s in splits
                 }
             out[anatomy.name] = entry
         return out

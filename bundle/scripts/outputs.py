@@ -5,28 +5,43 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .anatomies import AnatomySet
 
-__all__ = ["overlay_image", "write_json_atomic", "SaveLandmarksd", "SaveOverlayd"]
+__all__ = ["atomic_path", "overlay_image", "write_json_atomic", "SaveLandmarksd", "SaveOverlayd"]
+
+
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path`` to write to; it replaces ``path`` only once written whole.
+
+    The temporary name keeps the extension, so writers that infer the format from it (PIL, matplotlib) work.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix="_" + os.path.basename(path))
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_json_atomic(obj: Any, path: str) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    """Write JSON atomically (see :func:`atomic_path`): readers never see half a file."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, allow_nan=True)
-    os.replace(tmp, path)
 
 
 def _confidence_colour(c: float) -> tuple[int, int, int]:
@@ -45,8 +60,8 @@ def overlay_image(
 ) -> Image.Image:
     """Draw ``(N, 2)`` ``(x, y)`` points on a ``(1, W, H)`` (array-axis order) image.
 
-    Predictions are filled dots coloured by confidence (red low, green high); true points, if given,
-    are cyan rings joined to their prediction by a line.
+    Predictions are filled dots coloured by confidence (red low, green high; the legend in the top-left
+    corner); true points, if given, are cyan rings joined to their prediction by a line.
     """
     a = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
     a = a.reshape(a.shape[-2:]).T  # (H, W) for PIL
@@ -63,7 +78,23 @@ def overlay_image(
             draw.ellipse([tx - r, ty - r, tx + r, ty + r], outline=(0, 200, 255), width=max(1, r // 2))
         if np.isfinite([x, y]).all():
             draw.ellipse([x - r, y - r, x + r, y + r], fill=_confidence_colour(conf[k]))
+    if confidence is not None:
+        _draw_confidence_legend(draw, img.size)
     return img
+
+
+def _draw_confidence_legend(draw: ImageDraw.ImageDraw, size: tuple[int, int]) -> None:
+    """A red-to-green bar over the label ``confidence 0 to 1``, on black, in the top-left corner."""
+    label = "confidence 0 to 1"
+    x0 = y0 = max(2, min(size) // 100)
+    font = ImageFont.load_default(size=max(10, min(size) // 50))
+    left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+    w = max(right - left, size[0] // 6)
+    h = max(4, w // 12)
+    draw.rectangle([x0 - 2, y0 - 2, x0 + w + 2, y0 + h + 4 + bottom], fill=(0, 0, 0))
+    for i in range(w):
+        draw.line([(x0 + i, y0), (x0 + i, y0 + h)], fill=_confidence_colour(i / (w - 1)))
+    draw.text((x0, y0 + h + 2), label, fill=(255, 255, 255), font=font)
 
 
 class SaveLandmarksd(MapTransform):
