@@ -41,6 +41,12 @@ BUDGETS = {
             "lr_min": 0.0005, "lr_max": 0.002, "lr_step_size": 300, "translate_px": 3,
         },
     },
+    # a few minutes in all: checks that the benchmark runs end to end; its figures mean nothing
+    "smoke": {
+        "head_size": [64, 80],
+        "hand_size": [48, 64],
+        "overrides": {"sigma": 2.0, "batch_size": 4, "max_epochs": 1, "val_interval": 1, "translate_px": 2},
+    },
     # the paper's recipe: 416 x 512, sigma 3, batch 4, 100 epochs, cyclic LR 1e-4..1e-2 (train.yaml's defaults)
     "paper": {"head_size": [416, 512], "hand_size": [352, 512], "overrides": {"max_epochs": 100, "val_interval": 2}},
 }
