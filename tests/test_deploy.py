@@ -70,8 +70,7 @@ def test_fold_batch_norm_equals_conv_then_norm():
         assert torch.allclose(torch.nn.functional.conv2d(x, w, b, padding=1), norm(conv(x)), atol=1e-5)
 
 
-@pytest.mark.parametrize("domain", [0, 1, 2])
-@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("domain,channels_last", [(0, True), (1, True), (2, False)])
 def test_deploy_network_equals_the_training_network(net, domain, channels_last):
     fast = DeployGU2Net(net, domain, channels_last=channels_last)
     x = torch.randn(2, 1, *SIZE)
@@ -113,8 +112,7 @@ def test_inferer_engines_give_the_network_answers(net, engine):
     inferer = DeployInferer(engine)
     x = torch.randn(1, 1, *SIZE)
     with torch.no_grad():
-        for d in (2, 0):
-            assert_same_answers(inferer(x, net, domain=torch.tensor([d])), net(x, d))
+        assert_same_answers(inferer(x, net, domain=torch.tensor([2])), net(x, 2))
 
 
 def test_inferer_rebuilds_after_the_weights_change():
