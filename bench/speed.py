@@ -303,17 +303,18 @@ def load_images(anatomy_names: list[str], tmp: str) -> dict[str, list[torch.Tens
     return out
 
 
-def data_wait_config(tmp: str) -> dict[str, Any]:
-    """Overrides that point the bundle's training config at a small demo datalist at the paper's sizes."""
+def data_wait_config(tmp: str, names: list[str]) -> dict[str, Any]:
+    """Overrides that point the bundle's training config at a small demo datalist of the benchmarked anatomies
+    (``names``, in the network's order) at the paper's sizes."""
     from scripts.datasets.demo import generate_demo
 
     path = generate_demo(os.path.join(tmp, "loader"), n_train=8, n_val=1, n_test=1, seed=3)
-    root = os.path.dirname(path)
     data = json.load(open(path))
-    for name, spec in data["anatomies"].items():
-        spec["size"] = ANATOMIES.get(name, {"size": [512, 512]})["size"]
+    data["anatomies"] = {n: {**data["anatomies"][n], "size": ANATOMIES.get(n, {"size": [512, 512]})["size"]} for n in names}
+    for split in ("training", "validation", "test"):
+        data[split] = [item for item in data[split] if item["anatomy"] in names]
     json.dump(data, open(path, "w"))
-    return {"dataset_dir": root, "anatomies": "$scripts.load_anatomies(@datalist)", "batch_size": 4}
+    return {"dataset_dir": os.path.dirname(path), "batch_size": 4}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -414,14 +415,16 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="gu2net_speed_")
     if args.ckpt:
         ckpt = read_checkpoint(args.ckpt)
-        anatomies = AnatomySet.from_checkpoint(args.ckpt)
+        # the checkpoint's anatomies, at the paper's network sizes
+        spec = {a.name: {"landmarks": list(a.landmarks), "size": ANATOMIES.get(a.name, {"size": [512, 512]})["size"]}
+                for a in AnatomySet.from_checkpoint(args.ckpt)}
         state, source = ckpt["model"], args.ckpt
-        anatomies_expr = f"$scripts.AnatomySet.from_checkpoint({args.ckpt!r})"
     else:
-        anatomies = AnatomySet.from_dict(ANATOMIES)
+        spec = ANATOMIES
         torch.manual_seed(0)
-        state, source = GU2Net(anatomies.landmark_counts).state_dict(), "seeded random GU2Net"
-        anatomies_expr = f"$scripts.AnatomySet.from_dict({ANATOMIES!r})"
+        state, source = GU2Net([a["landmarks"] for a in ANATOMIES.values()]).state_dict(), "seeded random GU2Net"
+    anatomies = AnatomySet.from_dict(spec)
+    anatomies_expr = f"$scripts.AnatomySet.from_dict({spec!r})"
     names = [n for n in ANATOMIES if n in anatomies.names]
     weights = os.path.join(tmp, "weights.pt")
     torch.save(state, weights)
@@ -476,7 +479,7 @@ def main() -> None:
         y = torch.stack([LandmarkHeatmap(3.0)(p, tuple(x.shape[-2:])) for p in points])
         train, losses, rss_train, wait = {}, {}, {}, []
         for role in ("reference", "bundle"):
-            overrides = data_wait_config(tmp) if role == "bundle" else {}
+            overrides = data_wait_config(tmp, anatomies.names) if role == "bundle" else {}
             w = Worker(role, {**setup, "configs": ["inference.yaml", "train.yaml"], "overrides": overrides})
             w("load_training")
             steps = [w("train_step", x, y, d_head) for _ in range(args.train_repeats + 1)]
