@@ -69,7 +69,7 @@ class DomainSeparableConv(nn.Module):
         for i, norm in enumerate(self.norm):
             if i == domain:
                 out = norm(y)
-        return F.leaky_relu(out, 0.01)
+        return F.leaky_relu(out, 0.01, inplace=True)  # in place: one 54 MB map less per layer at 512 x 416
 
 
 class DoubleConv(nn.Module):
@@ -170,7 +170,7 @@ class GlobalNet(nn.Module):
             [
                 nn.Sequential(
                     *[
-                        nn.Sequential(nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.BatchNorm2d(width), nn.ReLU())
+                        nn.Sequential(nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.BatchNorm2d(width), nn.ReLU(True))
                         for d in dilations
                     ]
                 )

@@ -1,0 +1,192 @@
+"""Fast inference for one anatomy: a trained GU2Net folded into a fixed-domain network.
+
+Inference never changes the domain inside a batch and never updates batch-norm statistics, so the
+training network's generality costs time for nothing there. :class:`DeployGU2Net` is built from a
+trained :class:`~scripts.gu2net.GU2Net` and one domain index and keeps only that domain's branches,
+with every batch norm folded into the convolution before it and the depth-wise bias folded into the
+point-wise bias. It runs in ``channels_last`` memory format, where oneDNN's depth-wise and 1x1
+convolutions are about 2-3x faster on CPU than in NCHW. The result is the same function (float
+rounding aside) with a plain ``forward(x)`` that TorchScript freezes and ONNX exports directly.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import BinaryIO, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .gu2net import DomainSeparableConv, GU2Net, resolve_domain
+
+__all__ = ["DeployGU2Net", "fold_batch_norm", "export_onnx", "read_onnx_domain"]
+
+
+def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``norm(conv(x))`` as one convolution (``norm`` in eval mode, i.e. running statistics)."""
+    var = norm.running_var if norm.running_var is not None else torch.ones(norm.num_features)
+    mean = norm.running_mean if norm.running_mean is not None else torch.zeros(norm.num_features)
+    gamma = norm.weight if norm.weight is not None else torch.ones(norm.num_features)
+    beta = norm.bias if norm.bias is not None else torch.zeros(norm.num_features)
+    scale = gamma / torch.sqrt(var + norm.eps)
+    b = bias if bias is not None else torch.zeros_like(mean)
+    w = weight * scale.reshape([-1] + [1] * (weight.ndim - 1))
+    return w, (b - mean) * scale + beta
+
+
+def _conv(weight: torch.Tensor, bias: torch.Tensor | None, source: nn.Conv2d, groups: int = 1) -> nn.Conv2d:
+    """An ``nn.Conv2d`` like ``source`` (padding, dilation) holding the given weight and bias."""
+    out_c, in_c_per_group = weight.shape[:2]
+    conv = nn.Conv2d(
+        in_c_per_group * groups,
+        out_c,
+        weight.shape[-2:],
+        padding=source.padding,
+        dilation=source.dilation,
+        groups=groups,
+        bias=bias is not None,
+    )
+    conv.weight.data.copy_(weight.detach())
+    if bias is not None:
+        conv.bias.data.copy_(bias.detach())
+    return conv
+
+
+class _SeparableAct(nn.Module):
+    """One domain's separable conv: bias-free depth-wise 3x3 -> point-wise 1x1 (BN folded) -> LeakyReLU."""
+
+    def __init__(self, block: DomainSeparableConv, domain: int) -> None:
+        super().__init__()
+        dw, pw, norm = block.depthwise[domain], block.pointwise, block.norm[domain]
+        # pw(dw(x) + b_dw) = pw(dw(x)) + W_pw @ b_dw: the depth-wise bias moves into the point-wise bias
+        pw_bias = pw.bias + pw.weight.flatten(1) @ dw.bias if dw.bias is not None else pw.bias
+        self.depthwise = _conv(dw.weight, None, dw, groups=dw.groups)
+        self.pointwise = _conv(*fold_batch_norm(pw.weight, pw_bias, norm), pw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu_(self.pointwise(self.depthwise(x)), 0.01)
+
+
+class DeployGU2Net(nn.Module):
+    """The GU2Net of one domain, for inference only: ``forward(x)`` returns the final heatmap.
+
+    Args:
+        net: a trained GU2Net (its weights are copied; later changes to ``net`` are not seen).
+        domain: the anatomy's domain index.
+        channels_last: run in channels_last memory format (faster on CPU and on GPUs with AMP).
+
+    Example::
+
+        fast = DeployGU2Net(net, domain=0).eval()
+        heatmap = fast(torch.randn(1, 1, 512, 416))  # the same as net(x, 0), float rounding aside
+    """
+
+    def __init__(self, net: GU2Net, domain: int, channels_last: bool = True) -> None:
+        super().__init__()
+        d = resolve_domain(domain, net.num_domains)
+        self.domain = d
+        self.out_channels = net.out_channels[d]
+        self.channels_last = channels_last
+        local, glob = net.local_net, net.global_net
+        with torch.no_grad():
+            self.inc = _conv(local.inc.convs[d].weight, local.inc.convs[d].bias, local.inc.convs[d])
+            self.enc = nn.ModuleList([nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.enc])
+            self.dec = nn.ModuleList([nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.dec])
+            self.local_head = _conv(local.head.convs[d].weight, local.head.convs[d].bias, local.head.convs[d])
+            self.fusion, self.scale = glob.fusion, glob.scale
+            self.image_conv = _conv(glob.image_conv.convs[d].weight, glob.image_conv.convs[d].bias, glob.image_conv.convs[d])
+            self.heatmap_conv = _conv(
+                glob.heatmap_conv.convs[d].weight, glob.heatmap_conv.convs[d].bias, glob.heatmap_conv.convs[d]
+            )
+            dilated = []
+            for conv, norm, _ in glob.dilated[d]:
+                dilated += [_conv(*fold_batch_norm(conv.weight, conv.bias, norm), conv), nn.ReLU(inplace=True)]
+            self.dilated = nn.Sequential(*dilated)
+            self.global_head = _conv(glob.head.convs[d].weight, glob.head.convs[d].bias, glob.head.convs[d])
+        self.to(device=next(net.parameters()).device)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # local network
+        y = self.inc(x)
+        skips: list[torch.Tensor] = []
+        for i, block in enumerate(self.enc):
+            if i > 0:
+                y = F.max_pool2d(y, 2)
+            y = block(y)
+            skips.append(y)
+        skips.pop()
+        for block in self.dec:
+            skip = skips.pop()
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+            y = block(torch.cat([skip, y], dim=1))
+        local = torch.sigmoid(self.local_head(y))
+        # global network
+        a = self.image_conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
+        b = self.heatmap_conv(F.interpolate(local, scale_factor=self.scale, mode="nearest"))
+        g = torch.cat([a, b], dim=1) if self.fusion == "cat" else a + b
+        g = self.global_head(self.dilated(g))
+        global_ = torch.sigmoid(F.interpolate(g, size=x.shape[-2:], mode="nearest"))
+        return local * global_
+
+
+# metadata keys of an exported ONNX model: which domain (and anatomy) it was built for
+ONNX_DOMAIN_KEY = "gu2net_domain"
+ONNX_ANATOMY_KEY = "gu2net_anatomy"
+
+
+def export_onnx(
+    net: GU2Net,
+    domain: int,
+    f: Union[str, BinaryIO],
+    anatomy: str = "",
+    example_size: tuple[int, int] = (64, 64),
+    opset_version: int = 17,
+) -> None:
+    """Write the ONNX model of one domain of ``net`` (batch norm folded) to a path or a binary file object.
+
+    Batch and spatial sizes are dynamic (spatial sizes must still be divisible by 16). The domain index and
+    anatomy name are stored in the model's metadata, so that a runner can refuse images of another anatomy.
+    Uses torch's TorchScript-based exporter (``dynamo=False``): it needs no extra package and handles this
+    network's data-dependent interpolation sizes.
+    """
+    import onnx
+
+    model = DeployGU2Net(net, domain, channels_last=False).cpu()
+    x = torch.zeros(1, net.local_net.inc.convs[model.domain].in_channels, *example_size)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation
+        torch.onnx.export(
+            model,
+            (x,),
+            buffer,
+            dynamo=False,
+            input_names=["image"],
+            output_names=["heatmap"],
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "heatmap": {0: "batch", 2: "height", 3: "width"}},
+            opset_version=opset_version,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in ((ONNX_DOMAIN_KEY, str(model.domain)), (ONNX_ANATOMY_KEY, anatomy)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    if isinstance(f, str):
+        onnx.save(proto, f)
+    else:
+        f.write(proto.SerializeToString())
+
+
+def read_onnx_domain(metadata: dict[str, str], source: str = "the ONNX model") -> tuple[int, str]:
+    """The ``(domain, anatomy)`` that :func:`export_onnx` stored in a model's metadata."""
+    if ONNX_DOMAIN_KEY not in metadata:
+        raise ValueError(f"{source}: has no '{ONNX_DOMAIN_KEY}' metadata; export it with scripts.export_onnx.")
+    return int(metadata[ONNX_DOMAIN_KEY]), metadata.get(ONNX_ANATOMY_KEY, "")
