@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -122,7 +123,9 @@ def train_and_evaluate(name: str, dataset_dir: str, extra_configs: list[str], ov
     )
     metrics = json.load(open(os.path.join(eval_dir, "metrics.json")))
     head = metrics["head"]
-    return {"name": name, "train_seconds": round(train_s, 1), "MRE": head["MRE"], "STD": head["STD"], "SDR": head["SDR"],
+    with open(os.path.join(work, f"{name}_train.log")) as f:
+        epochs = len(re.findall(r"Epoch\[\d+\] Complete", f.read()))
+    return {"name": name, "train_seconds": round(train_s, 1), "epochs": epochs, "MRE": head["MRE"], "STD": head["STD"], "SDR": head["SDR"],
             "images": head["images"], "unit": head["unit"]}
 
 
@@ -156,9 +159,9 @@ def main() -> None:
     import torch
 
     radii = ["2", "2.5", "3", "4"]
-    lines = [f"{'run':<18} {'Test1 MRE (mm)':>14} {'STD':>6} " + " ".join(f"{'SDR ' + r + 'mm':>10}" for r in radii) + f" {'train s':>8}"]
+    lines = [f"{'run':<18} {'Test1 MRE (mm)':>14} {'STD':>6} " + " ".join(f"{'SDR ' + r + 'mm':>10}" for r in radii) + f" {'train s':>8} {'epochs':>6}"]
     for r in results:
-        lines.append(f"{r['name']:<18} {r['MRE']:14.2f} {r['STD']:6.2f} " + " ".join(f"{r['SDR'][k]:9.2f}%" for k in radii) + f" {r['train_seconds']:8.0f}")
+        lines.append(f"{r['name']:<18} {r['MRE']:14.2f} {r['STD']:6.2f} " + " ".join(f"{r['SDR'][k]:9.2f}%" for k in radii) + f" {r['train_seconds']:8.0f} {r['epochs']:6d}")
     lines.append(f"{'paper GU2Net (T1+T2)':<18} {PAPER_HEAD['MRE']:14.2f} {'':>6} {PAPER_HEAD['SDR']['2']:9.2f}% {'':>10} {'':>10} {PAPER_HEAD['SDR']['4']:9.2f}%")
     table = "\n".join(lines)
     settings = {
