@@ -38,7 +38,7 @@ BUDGETS = {
         "head_size": [128, 160],
         "hand_size": [112, 160],
         "overrides": {
-            "sigma": 2.0, "batch_size": 4, "max_epochs": 1000, "time_limit_minutes": 16, "val_interval": 2,
+            "sigma": 2.0, "batch_size": 4, "max_epochs": 1000, "time_limit_minutes": 12, "val_interval": 2,
             "lr_min": 0.0005, "lr_max": 0.002, "lr_step_size": 300, "translate_px": 3,
         },
     },
