@@ -136,10 +136,13 @@ def main() -> None:
     parser.add_argument("--json", help="also write the table and settings as JSON here")
     parser.add_argument("--device", default="", help="e.g. cuda:0 (default: the configs' choice)")
     parser.add_argument("--only", nargs="*", help="run only these of: gu2net_head unet_head gu2net_universal")
+    parser.add_argument("--minutes", type=float, help="training minutes per run, in place of the budget's")
     args = parser.parse_args()
     if not os.path.isdir(os.path.join(DATA, "head")):
         sys.exit(f"the ISBI 2015 data is not at {os.path.join(DATA, 'head')}")
     budget = BUDGETS[args.budget]
+    if args.minutes:
+        budget = dict(budget, overrides=dict(budget["overrides"], max_epochs=1000, time_limit_minutes=args.minutes))
     os.makedirs(args.work, exist_ok=True)
     t0 = time.time()
     sets = prepare(args.work, budget)
