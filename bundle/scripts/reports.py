@@ -197,7 +197,8 @@ def format_report_markdown(
             f"## {name}",
             "",
             f"{v['images']} images, {v['count']} annotated landmarks, {v['missing_landmarks']} not annotated "
-            f"(in {v['images_with_missing']} images); unit: {unit}.",
+            f"(in {v['images_with_missing']} images); unit: {unit}"
+            + (f" (spacing: {v['spacing_source']})." if v.get("spacing_source") else "."),
             "",
             head,
             rule,
