@@ -166,8 +166,7 @@ def format_report_markdown(
     published = metrics.get("_published", {})
     anatomies = {k: v for k, v in metrics.items() if not k.startswith("_")}
     lines = ["# Landmark detection: evaluation report", ""]
-    for key, value in run.items():
-        lines.append(f"- **{key}**: `{value}`")
+    lines += [f"- **{key}**: `{value}`" for key, value in run.items() if value not in (None, "", {}, [])]
     lines += [
         "",
         "Errors are Euclidean distances between the predictions, decoded in the network's grid and mapped back to",
