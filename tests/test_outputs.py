@@ -24,3 +24,15 @@ def test_atomic_path_leaves_the_old_file_when_writing_fails(tmp_path):
         open(tmp, "w").write("half")
         raise RuntimeError("interrupted")
     assert open(path).read() == "first" and os.listdir(tmp_path) == ["report.md"]
+
+
+def test_json_is_strict_with_unknown_values_as_null(tmp_path):
+    import json
+
+    from scripts.outputs import write_json_atomic
+
+    path = str(tmp_path / "m.json")
+    write_json_atomic({"MRE": np.float64("nan"), "SDR": {"2": 50.0}, "xs": [1.0, float("inf")]}, path)
+    assert json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}")) == {
+        "MRE": None, "SDR": {"2": 50.0}, "xs": [1.0, None]
+    }
