@@ -98,3 +98,12 @@ def test_any_datalist_key_is_a_split_and_items_remember_theirs(folder):
     assert [it["split"] for it in items] == ["test1", "test2"]
     with pytest.raises(DatalistError, match=r"datalist\.json: no split 'test'; its splits are \['training', 'test1', 'test2'\]"):
         load_datalist(path, ["test1", "test"])
+
+
+def test_the_datalists_spacing_measures_its_images_whatever_the_checkpoints_anatomies(folder):
+    from scripts.anatomies import AnatomySet
+
+    path = _write(folder, [{"image": "a.png", "anatomy": "knee", "landmarks": [[1, 2], [3, 4]]}])
+    trained_on = AnatomySet.from_dict({"knee": {"landmarks": ["a", "b"], "size": [64, 64], "spacing": [0.8, 0.8]}})
+    (item,) = load_datalist(path, anatomies=trained_on)
+    assert item["spacing"] == [0.2, 0.3] and item["size"] == [64, 64] and item["spacing_source"] == "anatomy"

@@ -24,7 +24,7 @@ ANATOMIES = AnatomySet(
 
 def _item(path: str, anatomy: str, pred, true, split: str, conf) -> dict:
     spacing, unit = ([0.1, 0.2], "mm") if anatomy == "skull" else ([1.0, 1.0], "px")
-    return {
+    return {"spacing_source": "anatomy" if anatomy == "skull" else "none (pixels)",
         "image": path, "anatomy": anatomy, "split": split, "pred_landmarks": np.asarray(pred, float),
         "landmarks_original": np.asarray(true, float), "spacing": spacing, "unit": unit,
         "pred_confidence": np.asarray(conf, float),
@@ -70,6 +70,7 @@ def test_report_files_and_known_figures(evaluated):
     metrics = report.write()
     assert json.load(open(os.path.join(out, "metrics.json"))) == json.loads(json.dumps(metrics))
     skull = metrics["skull"]
+    assert skull["spacing_source"] == "anatomy" and metrics["lung"]["spacing_source"] == "none (pixels)"
     assert skull["unit"] == "mm" and skull["images"] == 3 and skull["count"] == 8 and skull["missing_landmarks"] == 1
     assert skull["MRE"] == pytest.approx((1 + 2 + 3 + 5 + 0 + 0 + 0 + 0) / 8)
     assert skull["SDR"] == {"2": pytest.approx(75.0), "4": pytest.approx(87.5)}
@@ -115,7 +116,7 @@ def test_report_markdown_has_a_table_per_anatomy_and_per_landmark_rows(evaluated
     assert "| model (gaussian) | 1.38 ± 1.73 | 0.50 | 75.00 | 87.50 |" in md
     assert "| &nbsp;&nbsp;test1 (1 images) |" in md and "| mean-shape baseline | 9.00 ± 1.00 |" in md
     assert "| 3 | menton | 2 | 0.00 ± 0.00 |" in md
-    assert "1 not annotated (in 1 images)" in md
+    assert "1 not annotated (in 1 images); unit: mm (spacing: anatomy)." in md
     assert "![cumulative error distribution, skull](figures/ced_skull.png)" in md
     assert "[skull_1_img1.png](worst_cases/skull_1_img1.png)" in md and "| nasion (5.00) |" in md
 

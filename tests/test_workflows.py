@@ -149,6 +149,7 @@ def test_inference_writes_original_space_json_and_overlay(trained):
     xs = [p["x"] for p in result["landmarks"]]
     ys = [p["y"] for p in result["landmarks"]]
     assert min(xs) >= -0.5 and max(xs) <= 175.5 and min(ys) >= -0.5 and max(ys) <= 255.5
+    assert all(0.0 < p["confidence"] < 1.0 for p in result["landmarks"])  # the peak of a product of two sigmoids
     assert os.path.getsize(os.path.join(out, "hand_005_overlay.png")) > 0
 
 

@@ -3,7 +3,7 @@
 from .anatomies import Anatomy, AnatomySet
 from .baselines import mean_shape, mean_shape_baseline
 from .checkpoints import CheckedCheckpointLoader, CheckpointError, ResumeFromLatest, read_checkpoint
-from .datalist import DatalistError, inference_items, load_anatomies, load_datalist
+from .datalist import DatalistError, inference_items, load_anatomies, load_datalist, read_datalist_json
 from .datasets import PreparedAnatomy, PrepareError, prepare_generic, prepare_hand, prepare_isbi2015, prepare_shenzhen
 from .datasets.demo import ensure_demo, generate_demo
 from .deploy import DeployGU2Net, export_onnx, fold_batch_norm

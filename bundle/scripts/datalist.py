@@ -81,7 +81,8 @@ def load_datalist(
         datalist_path: path of the datalist JSON.
         split: any list-valued key of the datalist (``"training"``, ``"validation"``, ``"test"``, or e.g. ISBI's
             ``"test1"``/``"test2"``), or a list of them.
-        anatomies: the anatomies to map names to domains (e.g. a checkpoint's); default: the datalist's own.
+        anatomies: the anatomies to map names to domains (e.g. a checkpoint's); default: the datalist's own. An
+            anatomy's default spacing is the datalist's own where it declares that anatomy (it describes the images).
         require_landmarks: False for inference lists, whose items need no landmarks.
         check_images: read every image's header (exists, readable, landmarks inside it).
 
@@ -91,7 +92,12 @@ def load_datalist(
         when present, ``landmarks`` (float32 ``(N, 2)``, NaN where not annotated).
     """
     data = read_datalist_json(datalist_path)
-    anatomies = anatomies or load_anatomies(datalist_path)
+    own = load_anatomies(datalist_path) if "anatomies" in data else None
+    anatomies = anatomies or own
+    if anatomies is None:
+        raise DatalistError(f"datalist {datalist_path}: no 'anatomies' section.")
+    # the data's own spacing, not that of the data a checkpoint was trained on, measures these images
+    spacings = {a.name: a.spacing for a in own} if own else {}
     root = os.path.dirname(os.path.abspath(datalist_path))
     splits = [split] if isinstance(split, str) else list(split)
     items: list[dict[str, Any]] = []
@@ -104,7 +110,8 @@ def load_datalist(
             raise DatalistError(f"datalist {datalist_path}: split {s!r} must be a list of items.")
         for i, raw in enumerate(data[s]):
             where = f"datalist {datalist_path}, {s}[{i}]"
-            item = {**_validate_item(raw, where, root, anatomies, require_landmarks, check_images), "split": s}
+            item = _validate_item(raw, where, root, anatomies, require_landmarks, check_images, spacings)
+            item["split"] = s
             key = item["image"]
             if key in seen:
                 raise DatalistError(f"{where}: image {key} is listed twice (also at {seen[key]}).")
@@ -114,7 +121,13 @@ def load_datalist(
 
 
 def _validate_item(
-    raw: Any, where: str, root: str, anatomies: AnatomySet, require_landmarks: bool, check_images: bool
+    raw: Any,
+    where: str,
+    root: str,
+    anatomies: AnatomySet,
+    require_landmarks: bool,
+    check_images: bool,
+    spacings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     if not isinstance(raw, dict) or "image" not in raw:
         raise DatalistError(f"{where}: an item must be an object with an 'image' path.")
@@ -133,7 +146,7 @@ def _validate_item(
             header = read_image_header(image)
         except (FileNotFoundError, ValueError) as e:
             raise DatalistError(f"{where}: {e}") from None
-    spacing, source = _spacing(raw, header, anatomy.spacing)
+    spacing, source = _spacing(raw, header, (spacings or {}).get(anatomy.name, anatomy.spacing))
     if spacing is not None:
         try:
             spacing = [float(v) for v in (spacing if isinstance(spacing, Sequence) else [spacing, spacing])]

@@ -113,6 +113,7 @@ class LandmarkErrorMetric(Metric):
                     "anatomy": str(item["anatomy"]),
                     "split": str(item.get("split", "")),
                     "unit": str(item["unit"]),
+                    "spacing_source": str(item.get("spacing_source", "")),
                     "pred": pred,
                     "true": true,
                     "spacing": spacing,
@@ -122,7 +123,8 @@ class LandmarkErrorMetric(Metric):
             )
 
     def summary(self) -> dict[str, Any]:
-        """Per anatomy: unit, image count, :func:`summarize_anatomy`'s figures and, over several splits, ``per_split``."""
+        """Per anatomy: unit (and the spacing's source), image count, :func:`summarize_anatomy`'s figures and, over
+        several splits, ``per_split``."""
         out: dict[str, Any] = {}
         for anatomy in self.anatomies:
             recs = [r for r in self.records if r["anatomy"] == anatomy.name]
@@ -130,6 +132,9 @@ class LandmarkErrorMetric(Metric):
                 continue
             units = sorted({r["unit"] for r in recs})
             entry = {"unit": units[0] if len(units) == 1 else "mixed:" + ",".join(units), "images": len(recs)}
+            sources = sorted({r["spacing_source"] for r in recs} - {""})
+            if sources:
+                entry["spacing_source"] = "; ".join(sources)  # which rule gave the mm (e.g. the hand's wrist width)
             entry.update(summarize_anatomy(np.stack([r["errors"] for r in recs]), anatomy))
             splits = sorted({r["split"] for r in recs})
             if len(splits) > 1:

@@ -38,10 +38,21 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+def _strict(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float as None: strict JSON, which every reader accepts."""
+    if isinstance(obj, Mapping):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json_atomic(obj: Any, path: str) -> None:
-    """Write JSON atomically (see :func:`atomic_path`): readers never see half a file."""
+    """Write strict JSON (NaN as null) atomically (see :func:`atomic_path`): readers never see half a file."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, allow_nan=True)
+        json.dump(_strict(obj), f, indent=2, allow_nan=False)
 
 
 def _confidence_colour(c: float) -> tuple[int, int, int]:

@@ -156,18 +156,17 @@ def format_report_markdown(
     worst: Mapping[str, Sequence[tuple[Mapping[str, Any], str | None]]] | None = None,
     figures: Mapping[str, str] | None = None,
 ) -> str:
-    """The readable report: the run, then per anatomy a Table-1-like table, its plot, per-landmark rows, worst cases.
+    """The readable report: the run, a summary, then per anatomy a Table-1-like table, its plot, per-landmark rows
+    and the worst cases.
 
     ``metrics`` is what :func:`write_metrics_json` wrote; ``worst`` maps an anatomy to ``(record, overlay
     path relative to the report)`` pairs; ``figures`` maps an anatomy to its plot's relative path.
     """
     run = metrics.get("_run", {})
     baseline = metrics.get("_baseline_mean_shape", {})
-    published = metrics.get("_published", {})
     anatomies = {k: v for k, v in metrics.items() if not k.startswith("_")}
     lines = ["# Landmark detection: evaluation report", ""]
-    for key, value in run.items():
-        lines.append(f"- **{key}**: `{value}`")
+    lines += [f"- **{key}**: `{value}`" for key, value in run.items() if value not in (None, "", {}, [])]
     lines += [
         "",
         "Errors are Euclidean distances between the predictions, decoded in the network's grid and mapped back to",
@@ -189,48 +188,61 @@ def format_report_markdown(
             f"| {_f(v['MRE'])} ± {_f(v['STD'])} | {_f(v['median'])} | {sdr} | {base} |"
         )
     for name, v in anatomies.items():
-        unit, radii = v["unit"], list(v["SDR"])
-        head = "| | MRE ± STD | median | " + " | ".join(f"SDR {r} {unit} (%)" for r in radii) + " |"
-        rule = "|---" * (3 + len(radii)) + "|"
-        lines += [
-            "",
-            f"## {name}",
-            "",
-            f"{v['images']} images, {v['count']} annotated landmarks, {v['missing_landmarks']} not annotated "
-            f"(in {v['images_with_missing']} images); unit: {unit}.",
-            "",
-            head,
-            rule,
-            f"| model ({run.get('decoder', 'decoded')}) | {_cells(v, radii)} |",
-        ]
-        for split, s in v.get("per_split", {}).items():
-            lines.append(f"| &nbsp;&nbsp;{split} ({s['images']} images) | {_cells(s, radii)} |")
+        rows = {f"model ({run.get('decoder', 'decoded')})": v}
+        rows.update({f"&nbsp;&nbsp;{s} ({f['images']} images)": f for s, f in v.get("per_split", {}).items()})
         if name in baseline:
-            lines.append(f"| mean-shape baseline | {_cells(baseline[name], radii)} |")
-        if name in published:
-            lines.append(f"| published: {published[name].get('source', '')} | {_cells(published[name], radii)} |")
-        if figures and name in figures:
-            lines += ["", f"![cumulative error distribution, {name}]({figures[name]})"]
-        lines += [
-            "",
-            "### Per landmark",
-            "",
-            "| # | landmark | n | MRE ± STD | median | " + " | ".join(f"SDR {r}" for r in radii) + " |",
-            "|---" * (5 + len(radii)) + "|",
-        ]
-        for k, (landmark, s) in enumerate(v["per_landmark"].items(), 1):
-            lines.append(f"| {k} | {landmark} | {s['count']} | {_cells(s, radii)} |")
-        if worst and worst.get(name):
-            lines += ["", "### Worst cases", "", "| rank | image | split | MRE | worst landmark | overlay |", "|---|---|---|---|---|---|"]
-            landmarks = list(v["per_landmark"])
-            for rank, (rec, overlay) in enumerate(worst[name], 1):
-                k = int(np.nanargmax(rec["errors"]))
-                link = f"[{os.path.basename(overlay)}]({overlay})" if overlay else "–"
-                lines.append(
-                    f"| {rank} | {os.path.basename(rec['image'])} | {rec['split']} | {_f(float(np.nanmean(rec['errors'])))} "
-                    f"| {landmarks[k]} ({_f(float(rec['errors'][k]))}) | {link} |"
-                )
+            rows["mean-shape baseline"] = baseline[name]
+        if name in metrics.get("_published", {}):
+            published = metrics["_published"][name]
+            rows[f"published: {published.get('source', '')}"] = published
+        lines += _anatomy_section(name, v, rows, (figures or {}).get(name), (worst or {}).get(name, ()))
     return "\n".join(lines) + "\n"
+
+
+def _anatomy_section(
+    name: str,
+    v: Mapping[str, Any],
+    rows: Mapping[str, Mapping[str, Any]],
+    figure: str | None,
+    worst: Sequence[tuple[Mapping[str, Any], str | None]],
+) -> list[str]:
+    """One anatomy's part of the report: its table (``rows``: label -> figures), plot, landmarks, worst cases."""
+    unit, radii = v["unit"], list(v["SDR"])
+    spacing = f" (spacing: {v['spacing_source']})" if v.get("spacing_source") else ""
+    lines = [
+        "",
+        f"## {name}",
+        "",
+        f"{v['images']} images, {v['count']} annotated landmarks, {v['missing_landmarks']} not annotated "
+        f"(in {v['images_with_missing']} images); unit: {unit}{spacing}.",
+        "",
+        "| | MRE ± STD | median | " + " | ".join(f"SDR {r} {unit} (%)" for r in radii) + " |",
+        "|---" * (3 + len(radii)) + "|",
+    ]
+    lines += [f"| {label} | {_cells(f, radii)} |" for label, f in rows.items()]
+    if figure:
+        lines += ["", f"![cumulative error distribution, {name}]({figure})"]
+    lines += [
+        "",
+        "### Per landmark",
+        "",
+        "| # | landmark | n | MRE ± STD | median | " + " | ".join(f"SDR {r}" for r in radii) + " |",
+        "|---" * (5 + len(radii)) + "|",
+    ]
+    lines += [
+        f"| {k} | {landmark} | {f['count']} | {_cells(f, radii)} |" for k, (landmark, f) in enumerate(v["per_landmark"].items(), 1)
+    ]
+    if worst:
+        lines += ["", "### Worst cases", "", "| rank | image | split | MRE | worst landmark | overlay |", "|---|---|---|---|---|---|"]
+        landmarks = list(v["per_landmark"])
+        for rank, (rec, overlay) in enumerate(worst, 1):
+            k = int(np.nanargmax(rec["errors"]))
+            link = f"[{os.path.basename(overlay)}]({overlay})" if overlay else "–"
+            lines.append(
+                f"| {rank} | {os.path.basename(rec['image'])} | {rec['split']} | {_f(float(np.nanmean(rec['errors'])))} "
+                f"| {landmarks[k]} ({_f(float(rec['errors'][k]))}) | {link} |"
+            )
+    return lines
 
 
 class EvaluationReport:
