@@ -69,6 +69,32 @@ class _SeparableAct(nn.Module):
         return F.leaky_relu_(self.pointwise(self.depthwise(x)), 0.01)
 
 
+class _DecoderBlock(nn.Module):
+    """One domain's decoder double conv on ``cat([skip, up])``, without building the concatenation.
+
+    The depth-wise conv acts per channel and the point-wise conv is a sum over channels, so on a
+    concatenation they split exactly: ``pw(dw(cat[s, u])) = pw_s(dw_s(s)) + pw_u(dw_u(u))``. This saves
+    writing and re-reading a 128-channel full-resolution map (ONNX Runtime fuses the sum into the conv).
+    """
+
+    def __init__(self, block: nn.Module, domain: int, skip_channels: int) -> None:
+        super().__init__()
+        first: DomainSeparableConv = block.conv1
+        dw, pw, norm = first.depthwise[domain], first.pointwise, first.norm[domain]
+        pw_bias = pw.bias + pw.weight.flatten(1) @ dw.bias if dw.bias is not None else pw.bias
+        weight, bias = fold_batch_norm(pw.weight, pw_bias, norm)
+        s, n = skip_channels, dw.in_channels
+        self.depthwise_skip = _conv(dw.weight[:s], None, dw, groups=s)
+        self.depthwise_up = _conv(dw.weight[s:], None, dw, groups=n - s)
+        self.pointwise_skip = _conv(weight[:, :s], bias, pw)
+        self.pointwise_up = _conv(weight[:, s:], None, pw)
+        self.conv2 = _SeparableAct(block.conv2, domain)
+
+    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        y = self.pointwise_skip(self.depthwise_skip(skip)) + self.pointwise_up(self.depthwise_up(up))
+        return self.conv2(F.leaky_relu_(y, 0.01))
+
+
 class DeployGU2Net(nn.Module):
     """The GU2Net of one domain, for inference only: ``forward(x)`` returns the final heatmap.
 
@@ -93,7 +119,8 @@ class DeployGU2Net(nn.Module):
         with torch.no_grad():
             self.inc = _conv(local.inc.convs[d].weight, local.inc.convs[d].bias, local.inc.convs[d])
             self.enc = nn.ModuleList([nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.enc])
-            self.dec = nn.ModuleList([nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.dec])
+            skip_channels = [b.conv2.pointwise.out_channels for b in local.enc][-2::-1]
+            self.dec = nn.ModuleList([_DecoderBlock(b, d, c) for b, c in zip(local.dec, skip_channels)])
             self.local_head = _conv(local.head.convs[d].weight, local.head.convs[d].bias, local.head.convs[d])
             self.fusion, self.scale = glob.fusion, glob.scale
             self.image_conv = _conv(glob.image_conv.convs[d].weight, glob.image_conv.convs[d].bias, glob.image_conv.convs[d])
@@ -127,7 +154,7 @@ class DeployGU2Net(nn.Module):
         for block in self.dec:
             skip = skips.pop()
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-            y = block(torch.cat([skip, y], dim=1))
+            y = block(skip, y)
         local = torch.sigmoid(self.local_head(y))
         # global network
         a = self.image_conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
