@@ -4,9 +4,10 @@ Inference never changes the domain inside a batch and never updates batch-norm s
 training network's generality costs time for nothing there. :class:`DeployGU2Net` is built from a
 trained :class:`~scripts.gu2net.GU2Net` and one domain index and keeps only that domain's branches,
 with every batch norm folded into the convolution before it and the depth-wise bias folded into the
-point-wise bias. It runs in ``channels_last`` memory format, where oneDNN's depth-wise and 1x1
-convolutions are about 2-3x faster on CPU than in NCHW. The result is the same function (float
-rounding aside) with a plain ``forward(x)`` that TorchScript freezes and ONNX exports directly.
+point-wise bias; the decoder never builds its concatenations (see :class:`_DecoderBlock`). In PyTorch it
+runs in ``channels_last`` memory format, where oneDNN's depth-wise and 1x1 convolutions are about 2-3x
+faster on CPU than in NCHW. The result is the same function (float rounding aside) with a plain
+``forward(x)`` that TorchScript freezes and ONNX exports directly (:func:`export_onnx`).
 """
 
 from __future__ import annotations
@@ -54,16 +55,23 @@ def _conv(weight: torch.Tensor, bias: torch.Tensor | None, source: nn.Conv2d, gr
     return conv
 
 
+def _folded_pointwise(block: DomainSeparableConv, domain: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Point-wise weight and bias of one domain's separable conv, its BN and depth-wise bias folded in."""
+    dw, pw = block.depthwise[domain], block.pointwise
+    bias = pw.bias if pw.bias is not None else torch.zeros(pw.out_channels, device=pw.weight.device)
+    if dw.bias is not None:  # pw(dw(x) + b_dw) = pw(dw(x)) + W_pw @ b_dw
+        bias = bias + pw.weight.flatten(1) @ dw.bias
+    return fold_batch_norm(pw.weight, bias, block.norm[domain])
+
+
 class _SeparableAct(nn.Module):
     """One domain's separable conv: bias-free depth-wise 3x3 -> point-wise 1x1 (BN folded) -> LeakyReLU."""
 
     def __init__(self, block: DomainSeparableConv, domain: int) -> None:
         super().__init__()
-        dw, pw, norm = block.depthwise[domain], block.pointwise, block.norm[domain]
-        # pw(dw(x) + b_dw) = pw(dw(x)) + W_pw @ b_dw: the depth-wise bias moves into the point-wise bias
-        pw_bias = pw.bias + pw.weight.flatten(1) @ dw.bias if dw.bias is not None else pw.bias
+        dw = block.depthwise[domain]
         self.depthwise = _conv(dw.weight, None, dw, groups=dw.groups)
-        self.pointwise = _conv(*fold_batch_norm(pw.weight, pw_bias, norm), pw)
+        self.pointwise = _conv(*_folded_pointwise(block, domain), block.pointwise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu_(self.pointwise(self.depthwise(x)), 0.01)
@@ -80,9 +88,8 @@ class _DecoderBlock(nn.Module):
     def __init__(self, block: nn.Module, domain: int, skip_channels: int) -> None:
         super().__init__()
         first: DomainSeparableConv = block.conv1
-        dw, pw, norm = first.depthwise[domain], first.pointwise, first.norm[domain]
-        pw_bias = pw.bias + pw.weight.flatten(1) @ dw.bias if dw.bias is not None else pw.bias
-        weight, bias = fold_batch_norm(pw.weight, pw_bias, norm)
+        dw, pw = first.depthwise[domain], first.pointwise
+        weight, bias = _folded_pointwise(first, domain)
         s, n = skip_channels, dw.in_channels
         self.depthwise_skip = _conv(dw.weight[:s], None, dw, groups=s)
         self.depthwise_up = _conv(dw.weight[s:], None, dw, groups=n - s)
