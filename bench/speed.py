@@ -234,14 +234,19 @@ class Side:
             loss = self.loss_fn(self.net(x, d) if self.role == "reference" else self.net(x, domain=d), y)
             loss.backward()
             self.optimizer.step()
-            return float(loss)
+            return loss.item()
 
         return _timed(step)
 
     def data_wait(self, batches: int) -> list[float]:
         """Seconds per batch from the bundle's training DataLoader, its CacheDataset filled (warm)."""
         loader = self.parser.get_parsed_content("train#dataloader")
-        it = iter(loader)
+
+        def endless() -> Any:
+            while True:
+                yield from loader
+
+        it = endless()
         next(it)  # the first batch starts the iterator
         return [_timed(lambda: next(it))[0] for _ in range(batches)]
 
@@ -255,7 +260,10 @@ def _serve(role: str, setup: dict[str, Any], conn: Any) -> None:
         cmd, args = conn.recv()
         if cmd == "stop":
             return
-        conn.send(getattr(side, cmd)(*args))
+        try:
+            conn.send(getattr(side, cmd)(*args))
+        except Exception as e:  # report it to the main process rather than dying silently
+            conn.send(RuntimeError(f"{role} side, {cmd}: {type(e).__name__}: {e}"))
 
 
 class Worker:
@@ -269,7 +277,10 @@ class Worker:
 
     def __call__(self, cmd: str, *args: Any) -> Any:
         self.conn.send((cmd, args))
-        return self.conn.recv()
+        out = self.conn.recv()
+        if isinstance(out, RuntimeError):
+            raise out
+        return out
 
     def stop(self) -> None:
         self.conn.send(("stop", ()))
@@ -470,6 +481,9 @@ def main() -> None:
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "loadavg_start": os.getloadavg()},
     }
+
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    print(format_table(result), flush=True)  # the inference rows now; the full table at the end
 
     # training: one side at a time (each holds several GB), the same batch for both
     if not args.skip_train:

@@ -4,9 +4,10 @@ Inference never changes the domain inside a batch and never updates batch-norm s
 training network's generality costs time for nothing there. :class:`DeployGU2Net` is built from a
 trained :class:`~scripts.gu2net.GU2Net` and one domain index and keeps only that domain's branches,
 with every batch norm folded into the convolution before it and the depth-wise bias folded into the
-point-wise bias. It runs in ``channels_last`` memory format, where oneDNN's depth-wise and 1x1
-convolutions are about 2-3x faster on CPU than in NCHW. The result is the same function (float
-rounding aside) with a plain ``forward(x)`` that TorchScript freezes and ONNX exports directly.
+point-wise bias; the decoder never builds its concatenations (see :class:`_DecoderBlock`). In PyTorch it
+runs in ``channels_last`` memory format, where oneDNN's depth-wise and 1x1 convolutions are about 2-3x
+faster on CPU than in NCHW. The result is the same function (float rounding aside) with a plain
+``forward(x)`` that TorchScript freezes and ONNX exports directly (:func:`export_onnx`).
 """
 
 from __future__ import annotations
@@ -54,19 +55,51 @@ def _conv(weight: torch.Tensor, bias: torch.Tensor | None, source: nn.Conv2d, gr
     return conv
 
 
+def _folded_pointwise(block: DomainSeparableConv, domain: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Point-wise weight and bias of one domain's separable conv, its BN and depth-wise bias folded in."""
+    dw, pw = block.depthwise[domain], block.pointwise
+    bias = pw.bias if pw.bias is not None else torch.zeros(pw.out_channels, device=pw.weight.device)
+    if dw.bias is not None:  # pw(dw(x) + b_dw) = pw(dw(x)) + W_pw @ b_dw
+        bias = bias + pw.weight.flatten(1) @ dw.bias
+    return fold_batch_norm(pw.weight, bias, block.norm[domain])
+
+
 class _SeparableAct(nn.Module):
     """One domain's separable conv: bias-free depth-wise 3x3 -> point-wise 1x1 (BN folded) -> LeakyReLU."""
 
     def __init__(self, block: DomainSeparableConv, domain: int) -> None:
         super().__init__()
-        dw, pw, norm = block.depthwise[domain], block.pointwise, block.norm[domain]
-        # pw(dw(x) + b_dw) = pw(dw(x)) + W_pw @ b_dw: the depth-wise bias moves into the point-wise bias
-        pw_bias = pw.bias + pw.weight.flatten(1) @ dw.bias if dw.bias is not None else pw.bias
+        dw = block.depthwise[domain]
         self.depthwise = _conv(dw.weight, None, dw, groups=dw.groups)
-        self.pointwise = _conv(*fold_batch_norm(pw.weight, pw_bias, norm), pw)
+        self.pointwise = _conv(*_folded_pointwise(block, domain), block.pointwise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu_(self.pointwise(self.depthwise(x)), 0.01)
+
+
+class _DecoderBlock(nn.Module):
+    """One domain's decoder double conv on ``cat([skip, up])``, without building the concatenation.
+
+    The depth-wise conv acts per channel and the point-wise conv is a sum over channels, so on a
+    concatenation they split exactly: ``pw(dw(cat[s, u])) = pw_s(dw_s(s)) + pw_u(dw_u(u))``. This saves
+    writing and re-reading a 128-channel full-resolution map (ONNX Runtime fuses the sum into the conv).
+    """
+
+    def __init__(self, block: nn.Module, domain: int, skip_channels: int) -> None:
+        super().__init__()
+        first: DomainSeparableConv = block.conv1
+        dw, pw = first.depthwise[domain], first.pointwise
+        weight, bias = _folded_pointwise(first, domain)
+        s, n = skip_channels, dw.in_channels
+        self.depthwise_skip = _conv(dw.weight[:s], None, dw, groups=s)
+        self.depthwise_up = _conv(dw.weight[s:], None, dw, groups=n - s)
+        self.pointwise_skip = _conv(weight[:, :s], bias, pw)
+        self.pointwise_up = _conv(weight[:, s:], None, pw)
+        self.conv2 = _SeparableAct(block.conv2, domain)
+
+    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        y = self.pointwise_skip(self.depthwise_skip(skip)) + self.pointwise_up(self.depthwise_up(up))
+        return self.conv2(F.leaky_relu_(y, 0.01))
 
 
 class DeployGU2Net(nn.Module):
@@ -93,7 +126,8 @@ class DeployGU2Net(nn.Module):
         with torch.no_grad():
             self.inc = _conv(local.inc.convs[d].weight, local.inc.convs[d].bias, local.inc.convs[d])
             self.enc = nn.ModuleList([nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.enc])
-            self.dec = nn.ModuleList([nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.dec])
+            skip_channels = [b.conv2.pointwise.out_channels for b in local.enc][-2::-1]
+            self.dec = nn.ModuleList([_DecoderBlock(b, d, c) for b, c in zip(local.dec, skip_channels)])
             self.local_head = _conv(local.head.convs[d].weight, local.head.convs[d].bias, local.head.convs[d])
             self.fusion, self.scale = glob.fusion, glob.scale
             self.image_conv = _conv(glob.image_conv.convs[d].weight, glob.image_conv.convs[d].bias, glob.image_conv.convs[d])
@@ -127,7 +161,7 @@ class DeployGU2Net(nn.Module):
         for block in self.dec:
             skip = skips.pop()
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-            y = block(torch.cat([skip, y], dim=1))
+            y = block(skip, y)
         local = torch.sigmoid(self.local_head(y))
         # global network
         a = self.image_conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
