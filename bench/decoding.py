@@ -37,7 +37,7 @@ sys.path.insert(0, BUNDLE)
 from scripts.heatmaps import DECODERS, LandmarkHeatmap, decode_heatmaps, grid_to_original  # noqa: E402
 from scripts.metrics import radial_errors  # noqa: E402
 
-WINDOWS = (3, 5, 7, 9)
+WINDOWS = (3, 5, 7, 9, 11, 13)
 NOISE = (0.0, 0.02, 0.05)
 
 

@@ -170,7 +170,7 @@ DECODERS = {"argmax": _decode_argmax, "local_mean": _decode_local_mean, "gaussia
 
 
 def decode_heatmaps(
-    heatmaps: torch.Tensor, method: str = "gaussian", window: int = 5
+    heatmaps: torch.Tensor, method: str = "gaussian", window: int = 9
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode ``(C, *spatial)`` heatmaps into ``(C, 2)`` points (array-axis order) and ``(C,)`` confidences.
 
@@ -217,7 +217,7 @@ class DecodeLandmarksd(MapTransform):
         confidence_key: str = "pred_confidence",
         grid_key: str | None = "pred_landmarks_grid",
         method: str = "gaussian",
-        window: int = 5,
+        window: int = 9,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
