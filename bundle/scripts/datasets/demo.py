@@ -79,6 +79,8 @@ def _pelvis() -> _Template:
 _TEMPLATES = {"head": _head, "hand": _hand, "chest": _chest, "pelvis": _pelvis}
 # network input sizes for the demo (W, H): small so that the demo trains in minutes on a laptop CPU
 DEMO_ANATOMIES = {"head": (64, 80), "hand": (48, 64), "chest": (64, 64), "pelvis": (64, 64)}
+# the paper's SDR radii where they differ from the defaults (2/2.5/3/4 mm, 3/6/9 px)
+DEMO_RADII = {"hand": [2.0, 4.0, 10.0]}
 
 
 def _segment_distance(xx: np.ndarray, yy: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -141,6 +143,8 @@ def generate_demo(out_dir: str, n_train: int = 30, n_val: int = 6, n_test: int =
         spec: dict = {"landmarks": [f"{name}_{k + 1}" for k in range(len(tpl.points))], "size": list(DEMO_ANATOMIES[name])}
         if tpl.spacing:
             spec["spacing"] = list(tpl.spacing)
+        if name in DEMO_RADII:
+            spec["sdr_radii"] = DEMO_RADII[name]
         datalist["anatomies"][name] = spec
         os.makedirs(os.path.join(tmp, "images", name))
         counts = {"training": n_train, "validation": n_val, "test": n_test}
