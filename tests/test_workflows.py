@@ -114,6 +114,7 @@ def test_evaluate_writes_the_report_and_logs_it_to_mlflow(trained):
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["head"]["unit"] == "mm" and metrics["chest"]["unit"] == "px"
     assert set(metrics["head"]["SDR"]) == {"2", "2.5", "3", "4"} and set(metrics["pelvis"]["SDR"]) == {"3", "6", "9"}
+    assert set(metrics["hand"]["SDR"]) == {"2", "4", "10"}
     assert len(metrics["hand"]["per_landmark_MRE"]) == 37 and metrics["hand"]["images"] == 4
     assert set(metrics["hand"]["per_split"]) == {"validation", "test"} and metrics["hand"]["per_split"]["test"]["images"] == 2
     assert np.isfinite(metrics["head"]["MRE"]) and metrics["_baseline_mean_shape"]["head"]["unit"] == "mm"
