@@ -162,7 +162,9 @@ def _decode_gaussian(heatmaps: torch.Tensor, window: int) -> torch.Tensor:
         & torch.isfinite(shift).all(1)
         & (shift.abs() <= window // 2).all(1)
     )
-    fitted = peak.double() + torch.nan_to_num(shift)
+    # a peak at the border can fit a centre beyond it (the zero padding holds no evidence): keep it in the grid
+    last = torch.tensor(heatmaps.shape[1:], dtype=torch.float64) - 1
+    fitted = torch.minimum((peak.double() + torch.nan_to_num(shift)).clamp_min(0), last)
     return torch.where(ok[:, None], fitted, _local_mean(patch, peak, offsets)).float()
 
 
