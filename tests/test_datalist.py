@@ -107,3 +107,13 @@ def test_the_datalists_spacing_measures_its_images_whatever_the_checkpoints_anat
     trained_on = AnatomySet.from_dict({"knee": {"landmarks": ["a", "b"], "size": [64, 64], "spacing": [0.8, 0.8]}})
     (item,) = load_datalist(path, anatomies=trained_on)
     assert item["spacing"] == [0.2, 0.3] and item["size"] == [64, 64] and item["spacing_source"] == "anatomy"
+
+
+def test_a_checkpoints_anatomies_take_the_evaluated_datalists_sdr_radii():
+    from scripts.anatomies import AnatomySet
+
+    trained = AnatomySet.from_dict({"hand": {"landmarks": 3, "size": [32, 32], "spacing": 0.1}, "chest": {"landmarks": 2, "size": [32, 32]}})
+    data = AnatomySet.from_dict({"hand": {"landmarks": 3, "size": [64, 64], "sdr_radii": [2, 4, 10]}})
+    measured = trained.with_radii_of(data)
+    assert measured["hand"].sdr_radii == (2.0, 4.0, 10.0) and measured["hand"].size == (32, 32)
+    assert measured["chest"].sdr_radii == (3.0, 6.0, 9.0) and measured.names == ["hand", "chest"]

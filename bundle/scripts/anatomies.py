@@ -8,7 +8,7 @@ checkpoint is never loaded with another order (that would silently swap the doma
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = ["Anatomy", "AnatomySet", "DEFAULT_RADII_MM", "DEFAULT_RADII_PX"]
@@ -131,6 +131,10 @@ class AnatomySet:
             prefix = f"{source}: " if source else ""
             raise ValueError(f"{prefix}unknown anatomy {name!r}; known anatomies: {self.names}.")
         return self.index[name]
+
+    def with_radii_of(self, other: AnatomySet) -> AnatomySet:
+        """These anatomies, with the SDR radii ``other`` gives those it declares (the evaluated datalist's protocol)."""
+        return AnatomySet([replace(a, sdr_radii=other[a.name].sdr_radii) if a.name in other.index else a for a in self])
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The datalist's ``anatomies`` section for these anatomies."""
