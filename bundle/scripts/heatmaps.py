@@ -162,9 +162,7 @@ def _decode_gaussian(heatmaps: torch.Tensor, window: int) -> torch.Tensor:
         & torch.isfinite(shift).all(1)
         & (shift.abs() <= window // 2).all(1)
     )
-    # a peak at the border can fit a centre beyond it (the zero padding holds no evidence): keep it in the grid
-    last = torch.tensor(heatmaps.shape[1:], dtype=torch.float64) - 1
-    fitted = torch.minimum((peak.double() + torch.nan_to_num(shift)).clamp_min(0), last)
+    fitted = peak.double() + torch.nan_to_num(shift)
     return torch.where(ok[:, None], fitted, _local_mean(patch, peak, offsets)).float()
 
 
@@ -185,7 +183,10 @@ def decode_heatmaps(
     if hm.ndim != 3:
         raise ValueError(f"decode_heatmaps expects (C, W, H) heatmaps, got shape {list(hm.shape)}.")
     _, conf = _argmax(hm)
-    return DECODERS[method](hm, window), conf
+    # one rule for every decoder: a fit to a peak cut by the border (the zero padding holds no evidence) can
+    # put its centre beyond it, where no landmark can be; points stay in the grid
+    last = torch.tensor(hm.shape[1:], dtype=torch.float32) - 1
+    return torch.minimum(DECODERS[method](hm, window).clamp_min(0), last), conf
 
 
 def _affine_2d(affine: torch.Tensor) -> torch.Tensor:
