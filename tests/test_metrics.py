@@ -35,11 +35,32 @@ def test_metric_averages_anatomies_and_counts_missing():
             {"pred_landmarks": [[0, 0]], "landmarks_original": [[3, 4]], "spacing": [1, 1], "unit": "px", "anatomy": "b"},
         ]
     )
-    assert m.compute() == pytest.approx((1.0 + 5.0) / 2)
+    assert m.compute() == pytest.approx(np.sqrt(1.0 * 5.0))  # geometric mean of the anatomies' MREs
     assert m.results["a"]["missing_landmarks"] == 1 and m.results["a"]["unit"] == "mm"
     assert m.results["a"]["per_landmark_MRE"]["p"] == pytest.approx(1.0)
     assert np.isnan(m.results["a"]["per_landmark_MRE"]["q"])
     assert m.results["b"]["SDR"]["3"] == 0.0
+
+
+
+def test_checkpoint_ranking_does_not_depend_on_units():
+    """Two validation results of a two-anatomy model: the key metric ranks them the same when one anatomy's
+    errors are in px (x 10) instead of mm, and a failing anatomy does not outweigh a real gain on another."""
+    anatomies = AnatomySet([Anatomy("a", ("p",), (16, 16), None, (1.0,)), Anatomy("b", ("r",), (16, 16), None, (1.0,))])
+
+    def key(err_a: float, err_b: float) -> float:
+        m = LandmarkErrorMetric(anatomies)
+        m.update(
+            [
+                {"pred_landmarks": [[0, 0]], "landmarks_original": [[err_a, 0]], "spacing": [1, 1], "unit": "px", "anatomy": "a"},
+                {"pred_landmarks": [[0, 0]], "landmarks_original": [[err_b, 0]], "spacing": [1, 1], "unit": "px", "anatomy": "b"},
+            ]
+        )
+        return m.compute()
+
+    # checkpoint 2 halves a's error while b (not converged) gets 20 % worse: an overall gain
+    for scale in (1.0, 10.0, 0.1):
+        assert key(1.0, 100.0 * scale) > key(0.5, 120.0 * scale)
 
 
 def _resized_item(points: np.ndarray, spacing: tuple[float, float]):
