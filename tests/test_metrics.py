@@ -42,7 +42,6 @@ def test_metric_averages_anatomies_and_counts_missing():
     assert m.results["b"]["SDR"]["3"] == 0.0
 
 
-
 def test_checkpoint_ranking_does_not_depend_on_units():
     """Two validation results of a two-anatomy model: the key metric ranks them the same when one anatomy's
     errors are in px (x 10) instead of mm, and a failing anatomy does not outweigh a real gain on another."""
