@@ -57,15 +57,21 @@ def read_datalist_json(path: str) -> dict[str, Any]:
     return data
 
 
-def load_anatomies(datalist_path: str) -> AnatomySet:
-    """The ordered anatomies (network domains) declared in a datalist."""
-    data = read_datalist_json(datalist_path)
+def _declared_anatomies(data: dict[str, Any], datalist_path: str, required: bool = True) -> AnatomySet | None:
+    """The anatomies a datalist's parsed JSON declares; None without an ``anatomies`` section unless ``required``."""
     if "anatomies" not in data:
-        raise DatalistError(f"datalist {datalist_path}: no 'anatomies' section.")
+        if required:
+            raise DatalistError(f"datalist {datalist_path}: no 'anatomies' section.")
+        return None
     try:
         return AnatomySet.from_dict(data["anatomies"], source=f"datalist {datalist_path}")
     except ValueError as e:
         raise DatalistError(str(e)) from None
+
+
+def load_anatomies(datalist_path: str) -> AnatomySet:
+    """The ordered anatomies (network domains) declared in a datalist."""
+    return _declared_anatomies(read_datalist_json(datalist_path), datalist_path)
 
 
 def load_datalist(
@@ -92,10 +98,8 @@ def load_datalist(
         when present, ``landmarks`` (float32 ``(N, 2)``, NaN where not annotated).
     """
     data = read_datalist_json(datalist_path)
-    own = load_anatomies(datalist_path) if "anatomies" in data else None
+    own = _declared_anatomies(data, datalist_path, required=anatomies is None)
     anatomies = anatomies or own
-    if anatomies is None:
-        raise DatalistError(f"datalist {datalist_path}: no 'anatomies' section.")
     # the data's own spacing, not that of the data a checkpoint was trained on, measures these images
     spacings = {a.name: a.spacing for a in own} if own else {}
     root = os.path.dirname(os.path.abspath(datalist_path))
