@@ -84,20 +84,22 @@ def prepare(work: str, budget: dict) -> dict[str, str]:
     head = os.path.join(DATA, "head")
     hand = os.path.join(DATA, "hand")
     prep = [sys.executable, "-m", "scripts.prepare"]
-    for out in (head_dir, uni_dir):
-        if os.path.isfile(os.path.join(out, "datalist.json")):  # start afresh: prepare merges into an existing one
-            os.remove(os.path.join(out, "datalist.json"))
-        head_args = ["isbi2015", "--raw", head, "--out", out, "--protocol", "challenge", "--label", "mean"]
-        _run(prep + head_args + ["--size", *map(str, budget["head_size"])], os.path.join(work, "prepare_head.log"))
-    # a second prepare into the same folder adds the hand to the head's datalist
+    head_path, uni_path = os.path.join(head_dir, "datalist.json"), os.path.join(uni_dir, "datalist.json")
+    if os.path.isfile(head_path):  # start afresh: prepare merges into an existing datalist
+        os.remove(head_path)
+    head_args = ["isbi2015", "--raw", head, "--out", head_dir, "--protocol", "challenge", "--label", "mean"]
+    _run(prep + head_args + ["--size", *map(str, budget["head_size"])], os.path.join(work, "prepare_head.log"))
+    # the universal set starts as a copy of the head's (its image paths are absolute: the raw data lie outside it)
+    os.makedirs(uni_dir, exist_ok=True)
+    shutil.copyfile(head_path, uni_path)
+    # a second prepare into that folder adds the hand to the head's datalist
     hand_args = ["hand", "--raw", hand, "--out", uni_dir, "--size", *map(str, budget["hand_size"])]
     _run(prep + hand_args, os.path.join(work, "prepare_hand.log"))
     # the demo's synthetic chest and pelvis (no real images of either are available here)
     from scripts.datasets.demo import ensure_demo
 
-    demo = json.load(open(ensure_demo(os.path.join(REPO, "data", "demo"))))
     demo_root = os.path.join(REPO, "data", "demo")
-    uni_path = os.path.join(uni_dir, "datalist.json")
+    demo = json.load(open(ensure_demo(demo_root)))
     uni = json.load(open(uni_path))
     for name in ("chest", "pelvis"):
         uni["anatomies"][name] = demo["anatomies"][name]
