@@ -86,6 +86,11 @@ def test_deploy_network_keeps_one_domain_only(net):
     assert n_fast < sum(p.numel() for p in net.parameters()) * 0.7  # the shared point-wise convs dominate
 
 
+def test_deploy_network_refuses_sizes_not_divisible_by_16(net):
+    with pytest.raises(ValueError, match="divisible by 16"):
+        DeployGU2Net(net, 0)(torch.randn(1, 1, 40, 32))
+
+
 def test_add_fusion_deploys():
     net = trained_like([3], fusion="add")
     x = torch.randn(1, 1, 32, 32)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from scripts.gu2net import GU2Net
+from scripts.gu2net import DomainSeparableConv, GU2Net, as_channels_last
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,48 @@ def test_domains_use_their_own_depthwise_bn_and_heads_and_share_pointwise():
     # running statistics move only for the domain that ran
     assert torch.equal(block.norm[0].running_mean, torch.zeros_like(block.norm[0].running_mean))
     assert not torch.equal(block.norm[1].running_mean, torch.zeros_like(block.norm[1].running_mean))
+
+
+def test_conv_of_a_concatenation_without_building_it_is_exact_forward_and_backward():
+    torch.manual_seed(0)
+    split = DomainSeparableConv(12, 8, num_domains=2).train()
+    whole = DomainSeparableConv(12, 8, num_domains=2).train()
+    whole.load_state_dict(split.state_dict())
+    first, second = torch.randn(2, 5, 16, 16), torch.randn(2, 7, 16, 16)
+    target = torch.rand(2, 8, 16, 16)
+    y_split = split.forward_cat(first, second, 1)
+    y_whole = whole(torch.cat([first, second], 1), 1)
+    assert torch.allclose(y_split, y_whole, atol=1e-5)
+    ((y_split - target) ** 2).mean().backward()
+    ((y_whole - target) ** 2).mean().backward()
+    for (name, a), b in zip(split.named_parameters(), whole.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+    assert torch.allclose(split.norm[1].running_var, whole.norm[1].running_var)
+
+
+def test_one_channel_image_is_restrided_for_a_channels_last_network():
+    x = torch.randn(2, 1, 32, 48)
+    restrided = as_channels_last(x)
+    assert torch.equal(restrided, x) and restrided.stride() == (32 * 48, 1, 48, 1)
+    rgb = as_channels_last(torch.randn(2, 3, 32, 48)[:, :, ::2])  # several channels, not contiguous
+    assert rgb.is_contiguous(memory_format=torch.channels_last)
+
+    torch.manual_seed(0)
+    nchw = GU2Net([3]).eval()
+    fast = GU2Net([3]).eval()
+    fast.load_state_dict(nchw.state_dict())
+    fast = fast.to(memory_format=torch.channels_last)
+    formats = []
+    hook = lambda module, args, out: formats.append(out.stride(1) == 1)  # noqa: E731
+    for model in (nchw, fast):
+        model.local_net.inc.convs[0].register_forward_hook(hook)
+    with torch.no_grad():
+        expected = nchw(x)
+        assert torch.allclose(fast(x), expected, atol=1e-5)
+    # the first conv already writes channels_last when the weights are (no copy before the second conv)
+    assert formats == [False, True]
 
 
 def test_domains_give_different_outputs_for_the_same_image():

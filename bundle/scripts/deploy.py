@@ -4,10 +4,9 @@ Inference never changes the domain inside a batch and never updates batch-norm s
 training network's generality costs time for nothing there. :class:`DeployGU2Net` is built from a
 trained :class:`~scripts.gu2net.GU2Net` and one domain index and keeps only that domain's branches,
 with every batch norm folded into the convolution before it and the depth-wise bias folded into the
-point-wise bias; the decoder never builds its concatenations (see :class:`_DecoderBlock`). In PyTorch it
-runs in ``channels_last`` memory format, where oneDNN's depth-wise and 1x1 convolutions are about 2-3x
-faster on CPU than in NCHW. The result is the same function (float rounding aside) with a plain
-``forward(x)`` that TorchScript freezes and ONNX exports directly (:func:`export_onnx`).
+point-wise bias. In PyTorch it runs in ``channels_last`` memory format, where oneDNN's depth-wise and 1x1
+convolutions are about 2-3x faster on CPU than in NCHW. The result is the same function (float rounding
+aside) with a plain ``forward(x)`` that TorchScript freezes and ONNX exports directly (:func:`export_onnx`).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .gu2net import DomainSeparableConv, GU2Net, resolve_domain
+from .gu2net import DomainSeparableConv, GU2Net, as_channels_last, check_spatial_size, resolve_domain
 
 __all__ = ["DeployGU2Net", "fold_batch_norm", "export_onnx", "read_onnx_domain"]
 
@@ -77,31 +76,6 @@ class _SeparableAct(nn.Module):
         return F.leaky_relu_(self.pointwise(self.depthwise(x)), 0.01)
 
 
-class _DecoderBlock(nn.Module):
-    """One domain's decoder double conv on ``cat([skip, up])``, without building the concatenation.
-
-    The depth-wise conv acts per channel and the point-wise conv is a sum over channels, so on a
-    concatenation they split exactly: ``pw(dw(cat[s, u])) = pw_s(dw_s(s)) + pw_u(dw_u(u))``. This saves
-    writing and re-reading a 128-channel full-resolution map (ONNX Runtime fuses the sum into the conv).
-    """
-
-    def __init__(self, block: nn.Module, domain: int, skip_channels: int) -> None:
-        super().__init__()
-        first: DomainSeparableConv = block.conv1
-        dw, pw = first.depthwise[domain], first.pointwise
-        weight, bias = _folded_pointwise(first, domain)
-        s, n = skip_channels, dw.in_channels
-        self.depthwise_skip = _conv(dw.weight[:s], None, dw, groups=s)
-        self.depthwise_up = _conv(dw.weight[s:], None, dw, groups=n - s)
-        self.pointwise_skip = _conv(weight[:, :s], bias, pw)
-        self.pointwise_up = _conv(weight[:, s:], None, pw)
-        self.conv2 = _SeparableAct(block.conv2, domain)
-
-    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        y = self.pointwise_skip(self.depthwise_skip(skip)) + self.pointwise_up(self.depthwise_up(up))
-        return self.conv2(F.leaky_relu_(y, 0.01))
-
-
 class DeployGU2Net(nn.Module):
     """The GU2Net of one domain, for inference only: ``forward(x)`` returns the final heatmap.
 
@@ -126,8 +100,7 @@ class DeployGU2Net(nn.Module):
         with torch.no_grad():
             self.inc = _conv(local.inc.convs[d].weight, local.inc.convs[d].bias, local.inc.convs[d])
             self.enc = nn.ModuleList([nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.enc])
-            skip_channels = [b.conv2.pointwise.out_channels for b in local.enc][-2::-1]
-            self.dec = nn.ModuleList([_DecoderBlock(b, d, c) for b, c in zip(local.dec, skip_channels)])
+            self.dec = nn.ModuleList([nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.dec])
             self.local_head = _conv(local.head.convs[d].weight, local.head.convs[d].bias, local.head.convs[d])
             self.fusion, self.scale = glob.fusion, glob.scale
             self.image_conv = _conv(glob.image_conv.convs[d].weight, glob.image_conv.convs[d].bias, glob.image_conv.convs[d])
@@ -147,8 +120,9 @@ class DeployGU2Net(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_spatial_size(x)
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = as_channels_last(x)
         # local network
         y = self.inc(x)
         skips: list[torch.Tensor] = []
@@ -158,17 +132,19 @@ class DeployGU2Net(nn.Module):
             y = block(y)
             skips.append(y)
         skips.pop()
+        # upsampling by constant factors (exact: sizes are divisible by 16), not to the skip's size: with constant
+        # scales ONNX Runtime keeps the upsampling and the concatenation in its blocked NCHWc layout instead of
+        # reordering to NCHW and back around them
         for block in self.dec:
-            skip = skips.pop()
-            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-            y = block(skip, y)
+            y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=True)
+            y = block(torch.cat([skips.pop(), y], dim=1))
         local = torch.sigmoid(self.local_head(y))
         # global network
         a = self.image_conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
         b = self.heatmap_conv(F.interpolate(local, scale_factor=self.scale, mode="nearest"))
         g = torch.cat([a, b], dim=1) if self.fusion == "cat" else a + b
         g = self.global_head(self.dilated(g))
-        global_ = torch.sigmoid(F.interpolate(g, size=x.shape[-2:], mode="nearest"))
+        global_ = torch.sigmoid(F.interpolate(g, scale_factor=1.0 / self.scale, mode="nearest"))
         return local * global_
 
 

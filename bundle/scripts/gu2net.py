@@ -19,7 +19,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GU2Net", "resolve_domain"]
+__all__ = ["GU2Net", "as_channels_last", "check_spatial_size", "resolve_domain"]
+
+
+def check_spatial_size(x: torch.Tensor) -> None:
+    """Refuse an image whose height or width is not divisible by 16 (the four poolings and upsamplings)."""
+    if x.shape[-1] % 16 != 0 or x.shape[-2] % 16 != 0:
+        raise ValueError("GU2Net: spatial size " + str(x.shape[-2:]) + " must be divisible by 16.")
+
+
+def as_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels_last memory format, with strides that say so even when it has one channel.
+
+    With one channel the NCHW and channels_last layouts hold the same bytes, so
+    ``x.contiguous(memory_format=torch.channels_last)`` returns an NCHW-strided image unchanged. The first
+    convolution then writes its 64-channel output in NCHW and the next one copies it to channels_last, and
+    again for the gradient in training. Restriding the one-channel view costs nothing and avoids both copies.
+    """
+    x = x.contiguous(memory_format=torch.channels_last)
+    if x.shape[1] == 1:
+        x = x.as_strided(x.shape, [x.stride(0), 1, x.shape[3], 1])
+    return x
 
 
 def resolve_domain(domain: Union[int, torch.Tensor], num_domains: int) -> int:
@@ -64,7 +84,31 @@ class DomainSeparableConv(nn.Module):
         for i, conv in enumerate(self.depthwise):
             if i == domain:
                 y = conv(x)
-        y = self.pointwise(y)
+        return self._norm_act(self.pointwise(y), domain)
+
+    def forward_cat(self, first: torch.Tensor, second: torch.Tensor, domain: int) -> torch.Tensor:
+        """``forward(torch.cat([first, second], 1), domain)`` without building the concatenation.
+
+        The depth-wise conv acts per channel and the point-wise conv sums over channels, so the conv of a
+        concatenation is one conv per part, summed. In training this is cheaper than the concatenation: its
+        gradient comes back as channel slices, which channels_last convolutions and the upsampling each copy
+        to a contiguous map first (a full-resolution copy per decoder level, forward and backward).
+        """
+        s = first.shape[1]
+        a, b = first, second
+        for i, conv in enumerate(self.depthwise):
+            if i == domain:  # padding 1: the 3 x 3 depth-wise conv of __init__
+                bias = conv.bias
+                bias_a: torch.Tensor | None = None
+                bias_b: torch.Tensor | None = None
+                if bias is not None:
+                    bias_a, bias_b = bias[:s], bias[s:]
+                a = F.conv2d(first, conv.weight[:s], bias_a, padding=1, groups=s)
+                b = F.conv2d(second, conv.weight[s:], bias_b, padding=1, groups=second.shape[1])
+        w = self.pointwise.weight
+        return self._norm_act(F.conv2d(a, w[:, :s], self.pointwise.bias) + F.conv2d(b, w[:, s:]), domain)
+
+    def _norm_act(self, y: torch.Tensor, domain: int) -> torch.Tensor:
         out = y
         for i, norm in enumerate(self.norm):
             if i == domain:
@@ -83,6 +127,10 @@ class DoubleConv(nn.Module):
 
     def forward(self, x: torch.Tensor, domain: int) -> torch.Tensor:
         return self.conv2(self.conv1(x, domain), domain)
+
+    def forward_cat(self, first: torch.Tensor, second: torch.Tensor, domain: int) -> torch.Tensor:
+        """``forward(torch.cat([first, second], 1), domain)`` without building the concatenation."""
+        return self.conv2(self.conv1.forward_cat(first, second, domain), domain)
 
 
 class PerDomainConv(nn.Module):
@@ -141,7 +189,7 @@ class LocalNet(nn.Module):
         for block in self.dec:
             skip = skips.pop()
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-            x = block(torch.cat([skip, x], dim=1), domain)
+            x = block.forward_cat(skip, x, domain)
         return self.head(x, domain)
 
 
@@ -224,8 +272,17 @@ class GU2Net(nn.Module):
 
     def forward(self, x: torch.Tensor, domain: Union[int, torch.Tensor] = 0) -> torch.Tensor:
         d = resolve_domain(domain, self.num_domains)
-        if x.shape[-1] % 16 != 0 or x.shape[-2] % 16 != 0:
-            raise ValueError("GU2Net: spatial size " + str(x.shape[-2:]) + " must be divisible by 16.")
+        check_spatial_size(x)
+        if self._channels_last():
+            x = as_channels_last(x)
         local = torch.sigmoid(self.local_net(x, d))
         global_ = torch.sigmoid(self.global_net(x, local, d))
         return local * global_
+
+    def _channels_last(self) -> bool:
+        """Whether the weights are in channels_last (``net.to(memory_format=torch.channels_last)``).
+
+        A 1 x 1 weight with several input channels is the one whose strides tell the two formats apart.
+        """
+        w = self.local_net.enc[0].conv1.pointwise.weight
+        return w.stride(3) > w.stride(1)
