@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from scripts.deploy import DeployGU2Net, export_onnx, fold_batch_norm
+from scripts.deploy import DeployGU2Net, _FoldedStem, export_onnx, fold_batch_norm
 from scripts.gu2net import GU2Net
 from scripts.heatmaps import decode_heatmaps
 from scripts.inferers import DeployInferer
@@ -84,6 +84,17 @@ def test_deploy_network_keeps_one_domain_only(net):
     assert fast.out_channels == 37
     n_fast = sum(p.numel() for p in fast.parameters())
     assert n_fast < sum(p.numel() for p in net.parameters()) * 0.7  # the shared point-wise convs dominate
+
+
+def test_folded_stem_equals_the_input_conv_then_the_first_separable_conv(net):
+    x = torch.randn(2, 1, *SIZE)
+    inc, first = net.local_net.inc.convs[1], net.local_net.enc[0].conv1
+    with torch.no_grad():
+        expected = first(inc(x), 1)
+        got = _FoldedStem(inc, first, 1)(x)
+    # everywhere, the border included (where the input conv's bias meets the depth-wise conv's zero padding)
+    assert float((got - expected).abs().max()) < 1e-5
+    assert float((got[..., 0, :] - expected[..., 0, :]).abs().max()) < 1e-5
 
 
 def test_deploy_network_refuses_sizes_not_divisible_by_16(net):

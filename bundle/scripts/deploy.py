@@ -76,6 +76,32 @@ class _SeparableAct(nn.Module):
         return F.leaky_relu_(self.pointwise(self.depthwise(x)), 0.01)
 
 
+class _FoldedStem(nn.Module):
+    """One domain's input conv and first separable conv as a single 3x3 conv, then LeakyReLU.
+
+    The 1x1 input conv (``A x + b``), the depth-wise 3x3 (``k_c``) and the point-wise conv (``W``, BN folded,
+    bias ``e``) are all linear, so ``W (k_c * (A x + b)) + e`` is one 3x3 conv of ``x`` with kernels
+    ``K[o, j] = sum_c W[o, c] A[c, j] k_c``. The bias term is a 3x3 conv too, of an image of ones: the
+    depth-wise conv pads the input conv's output with zeros, not with ``b``, so it differs at the border.
+    Convolving ``[x, 1]`` gives both terms exactly, and the two 64-channel full-resolution maps in between
+    are never written (about 8 % of a CPU forward at 512 x 416).
+    """
+
+    def __init__(self, inc: nn.Conv2d, first: DomainSeparableConv, domain: int) -> None:
+        super().__init__()
+        a = inc.weight.flatten(1)  # (mid, in)
+        b = inc.bias if inc.bias is not None else torch.zeros(a.shape[0], device=a.device)
+        k = first.depthwise[domain].weight[:, 0]  # (mid, 3, 3)
+        w, e = _folded_pointwise(first, domain)  # the depth-wise bias is in e
+        w = w.flatten(1)  # (out, mid)
+        kernel = torch.einsum("oc,cj,cuv->ojuv", w, a, k)
+        kernel_ones = torch.einsum("oc,c,cuv->ouv", w, b, k)[:, None]
+        self.conv = _conv(torch.cat([kernel, kernel_ones], 1), e, first.depthwise[domain])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu_(self.conv(torch.cat([x, torch.ones_like(x[:, :1])], 1)), 0.01)
+
+
 class DeployGU2Net(nn.Module):
     """The GU2Net of one domain, for inference only: ``forward(x)`` returns the final heatmap.
 
@@ -98,8 +124,12 @@ class DeployGU2Net(nn.Module):
         self.channels_last = channels_last
         local, glob = net.local_net, net.global_net
         with torch.no_grad():
-            self.inc = _conv(local.inc.convs[d].weight, local.inc.convs[d].bias, local.inc.convs[d])
-            self.enc = nn.ModuleList([nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.enc])
+            # the input conv and the first separable conv are one conv (the stem); the first block keeps its second
+            self.stem = _FoldedStem(local.inc.convs[d], local.enc[0].conv1, d)
+            self.enc = nn.ModuleList(
+                [nn.Sequential(_SeparableAct(local.enc[0].conv2, d))]
+                + [nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.enc[1:]]
+            )
             self.dec = nn.ModuleList([nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.dec])
             self.local_head = _conv(local.head.convs[d].weight, local.head.convs[d].bias, local.head.convs[d])
             self.fusion, self.scale = glob.fusion, glob.scale
@@ -124,7 +154,7 @@ class DeployGU2Net(nn.Module):
         if self.channels_last:
             x = as_channels_last(x)
         # local network
-        y = self.inc(x)
+        y = self.stem(x)
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.enc):
             if i > 0:
