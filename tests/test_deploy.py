@@ -131,6 +131,27 @@ def test_inferer_engines_give_the_network_answers(net, engine):
         assert_same_answers(inferer(x, net, domain=torch.tensor([2])), net(x, 2))
 
 
+def test_onnx_engine_is_built_per_image_size_and_runs_a_batch(net):
+    pytest.importorskip("onnxruntime")
+    inferer = DeployInferer("onnx")
+    with torch.no_grad():
+        for size in (SIZE, (32, 80)):
+            x = torch.randn(3, 1, *size)
+            assert_same_answers(inferer(x, net, domain=0), net(x, 0))
+    assert sorted(key[-1] for key in inferer._runners) == sorted([SIZE, (32, 80)])
+
+
+def test_fixed_size_onnx_export_takes_its_size_only(net):
+    ort = pytest.importorskip("onnxruntime")
+    buffer = io.BytesIO()
+    export_onnx(net, 0, buffer, example_size=SIZE, fixed_size=True)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 1, *SIZE]
+    x = torch.randn(1, 1, *SIZE)
+    with torch.no_grad():
+        assert_same_answers(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), net(x, 0))
+
+
 def test_inferer_rebuilds_after_the_weights_change():
     net = trained_like([4, 5])
     inferer = DeployInferer("pytorch")
