@@ -473,6 +473,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "cpu_threads": args.threads,
         "infer_s": {r: median(v) for r, v in infer.items()},
+        "infer_runs_s": infer,  # every timed repetition, to see the spread behind the medians
         "mixed_images_per_s": {r: len(mixed) / median(v) for r, v in mixed_s.items()},
         "peak_rss_infer_gb": rss_infer,
         **compare(outputs["reference"], outputs["bundle"], decoder),
