@@ -55,6 +55,11 @@ def _conv(weight: torch.Tensor, bias: torch.Tensor | None, source: nn.Conv2d, gr
     return conv
 
 
+def _copy(conv: nn.Conv2d) -> nn.Conv2d:
+    """A detached copy of ``conv`` (its weight, bias, padding and dilation)."""
+    return _conv(conv.weight, conv.bias, conv, groups=conv.groups)
+
+
 def _folded_pointwise(block: DomainSeparableConv, domain: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Point-wise weight and bias of one domain's separable conv, its BN and depth-wise bias folded in."""
     dw, pw = block.depthwise[domain], block.pointwise
@@ -75,6 +80,11 @@ class _SeparableAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu_(self.pointwise(self.depthwise(x)), 0.01)
+
+
+def _double(block: nn.Module, domain: int) -> nn.Sequential:
+    """One domain's double conv (``conv1`` then ``conv2``), each separable conv folded."""
+    return nn.Sequential(_SeparableAct(block.conv1, domain), _SeparableAct(block.conv2, domain))
 
 
 class _FoldedStem(nn.Module):
@@ -128,21 +138,18 @@ class DeployGU2Net(nn.Module):
             # the input conv and the first separable conv are one conv (the stem); the first block keeps its second
             self.stem = _FoldedStem(local.inc.convs[d], local.enc[0].conv1, d)
             self.enc = nn.ModuleList(
-                [nn.Sequential(_SeparableAct(local.enc[0].conv2, d))]
-                + [nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.enc[1:]]
+                [nn.Sequential(_SeparableAct(local.enc[0].conv2, d))] + [_double(b, d) for b in local.enc[1:]]
             )
-            self.dec = nn.ModuleList([nn.Sequential(_SeparableAct(b.conv1, d), _SeparableAct(b.conv2, d)) for b in local.dec])
-            self.local_head = _conv(local.head.convs[d].weight, local.head.convs[d].bias, local.head.convs[d])
+            self.dec = nn.ModuleList([_double(b, d) for b in local.dec])
+            self.local_head = _copy(local.head.convs[d])
             self.fusion, self.scale = glob.fusion, glob.scale
-            self.image_conv = _conv(glob.image_conv.convs[d].weight, glob.image_conv.convs[d].bias, glob.image_conv.convs[d])
-            self.heatmap_conv = _conv(
-                glob.heatmap_conv.convs[d].weight, glob.heatmap_conv.convs[d].bias, glob.heatmap_conv.convs[d]
-            )
+            self.image_conv = _copy(glob.image_conv.convs[d])
+            self.heatmap_conv = _copy(glob.heatmap_conv.convs[d])
             dilated = []
             for conv, norm, _ in glob.dilated[d]:
                 dilated += [_conv(*fold_batch_norm(conv.weight, conv.bias, norm), conv), nn.ReLU(inplace=True)]
             self.dilated = nn.Sequential(*dilated)
-            self.global_head = _conv(glob.head.convs[d].weight, glob.head.convs[d].bias, glob.head.convs[d])
+            self.global_head = _copy(glob.head.convs[d])
         self.to(device=next(net.parameters()).device)
         if channels_last:
             self.to(memory_format=torch.channels_last)
