@@ -53,9 +53,8 @@ BUDGETS = {
     "paper": {"head_size": [416, 512], "hand_size": [352, 512], "overrides": {"max_epochs": 100, "val_interval": 2}},
 }
 
-BASE = "configs/inference.yaml"
-TRAIN = [BASE, "configs/train.yaml"]
-EVALUATE = [BASE, "configs/train.yaml", "configs/evaluate.yaml"]
+TRAIN = ["configs/train.yaml"]
+EVALUATE = ["configs/train.yaml", "configs/evaluate.yaml"]
 UNET = os.path.join(REPO, "bench", "unet.yaml")
 
 

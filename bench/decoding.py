@@ -81,14 +81,15 @@ def demo(ckpt: str, dataset_dir: str) -> dict[str, dict[str, float]]:
 
     from scripts.checkpoints import read_checkpoint
 
+    os.chdir(BUNDLE)  # train.yaml's macros name the base config relative to the bundle folder
     parser = ConfigParser()
-    parser.read_config([os.path.join(BUNDLE, "configs", f) for f in ("inference.yaml", "train.yaml", "evaluate.yaml")])
+    parser.read_config([os.path.join(BUNDLE, "configs", f) for f in ("train.yaml", "evaluate.yaml")])
     parser.update({"ckpt_path": ckpt, "dataset_dir": dataset_dir, "device": "$torch.device('cpu')"})
     network = parser.get_parsed_content("network")
     network.load_state_dict(read_checkpoint(ckpt)["model"])
     network.eval()
     per_anatomy: dict[str, list] = {}
-    for item in parser.get_parsed_content("evaluate#dataset"):
+    for item in parser.get_parsed_content("dataset"):
         with torch.no_grad():
             hm = network(item["image"][None].float(), int(item["domain"]))[0]
         image = item["image"]

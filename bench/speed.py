@@ -149,6 +149,7 @@ def bundle_config(files: Sequence[str], overrides: dict[str, Any]) -> Any:
     """The bundle's configs, parsed as ``python -m monai.bundle`` parses them, with overrides."""
     from monai.bundle import ConfigParser
 
+    os.chdir(BUNDLE)  # train.yaml's macros name the base config relative to the bundle folder
     parser = ConfigParser()
     parser.read_config([os.path.join(BUNDLE, "configs", f) for f in files])
     parser.update(overrides)

@@ -3,7 +3,14 @@
 from .anatomies import Anatomy, AnatomySet
 from .baselines import mean_shape, mean_shape_baseline
 from .checkpoints import CheckedCheckpointLoader, CheckpointError, ResumeFromLatest, read_checkpoint
-from .datalist import DatalistError, inference_items, load_anatomies, load_datalist, read_datalist_json
+from .datalist import (
+    DatalistError,
+    inference_items,
+    load_anatomies,
+    load_datalist,
+    read_datalist_json,
+    workflow_anatomies,
+)
 from .datasets import PreparedAnatomy, PrepareError, prepare_generic, prepare_hand, prepare_isbi2015, prepare_shenzhen
 from .datasets.demo import ensure_demo, generate_demo
 from .deploy import DeployGU2Net, export_onnx, fold_batch_norm
@@ -17,4 +24,5 @@ from .metrics import LandmarkErrorMetric, radial_errors, summarize_anatomy, summ
 from .outputs import SaveLandmarksd, SaveOverlayd, overlay_image
 from .reports import EvaluationReport, MLFlowReportHandler, format_metrics_table, write_metrics_json
 from .runtime import keep_freed_memory
-from .sampling import AnatomyBatchSampler
+from .sampling import AnatomyBatchSampler, anatomy_dataloader
+from .tracking import mlflow_handler

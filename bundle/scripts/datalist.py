@@ -74,6 +74,25 @@ def load_anatomies(datalist_path: str) -> AnatomySet:
     return _declared_anatomies(read_datalist_json(datalist_path), datalist_path)
 
 
+def workflow_anatomies(workflow: str, ckpt_path: str, datalist_path: str) -> AnatomySet:
+    """The anatomies (network domains, in order) a workflow uses: the one rule every config calls.
+
+    - ``training``: the datalist's (a resumed checkpoint with other anatomies is refused when it loads);
+    - ``inference``: the checkpoint's when it exists (no datalist needed), else the datalist's;
+    - ``evaluation``: the checkpoint's, measured at the SDR radii of the evaluated datalist where it declares
+      the same anatomy (the radii are the data's protocol, not the model's).
+    """
+    if workflow == "training":
+        return load_anatomies(datalist_path)
+    if workflow == "inference":
+        return AnatomySet.from_checkpoint(ckpt_path) if os.path.isfile(ckpt_path) else load_anatomies(datalist_path)
+    if workflow == "evaluation":
+        own = _declared_anatomies(read_datalist_json(datalist_path), datalist_path, required=False)
+        ckpt = AnatomySet.from_checkpoint(ckpt_path)
+        return ckpt.with_radii_of(own) if own else ckpt
+    raise ValueError(f"workflow_anatomies: unknown workflow {workflow!r} (training, inference or evaluation).")
+
+
 def load_datalist(
     datalist_path: str,
     split: str | Sequence[str] = "training",

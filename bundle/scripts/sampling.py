@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from monai.data import DataLoader
+from torch.utils.data import Dataset, Sampler
 
-__all__ = ["AnatomyBatchSampler"]
+__all__ = ["AnatomyBatchSampler", "anatomy_dataloader"]
 
 
 class AnatomyBatchSampler(Sampler[list[int]]):
@@ -18,8 +20,9 @@ class AnatomyBatchSampler(Sampler[list[int]]):
     ``num_replicas``-th batch of the same global order; ``set_epoch`` keeps ranks (and resumed runs) in step.
 
     Args:
-        domains: the domain (anatomy index) of every dataset item.
+        data: the dataset's items (mappings); ``data[i][key]`` is item ``i``'s domain (anatomy index).
         batch_size: images per batch.
+        key: the item key holding the domain.
         shuffle: shuffle within anatomies and the order of batches (False: dataset order, anatomy by anatomy).
         drop_last: drop each anatomy's last incomplete batch.
         seed: base seed of the random order.
@@ -28,8 +31,9 @@ class AnatomyBatchSampler(Sampler[list[int]]):
 
     def __init__(
         self,
-        domains: Sequence[int],
+        data: Sequence[Mapping[str, Any]],
         batch_size: int,
+        key: str = "domain",
         shuffle: bool = True,
         drop_last: bool = False,
         seed: int = 0,
@@ -38,7 +42,7 @@ class AnatomyBatchSampler(Sampler[list[int]]):
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
-        self.domains = [int(d) for d in domains]
+        self.domains = [int(item[key]) for item in data]
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -75,3 +79,18 @@ class AnatomyBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+def anatomy_dataloader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    key: str = "domain",
+) -> DataLoader:
+    """MONAI's ``DataLoader`` over ``dataset`` (a MONAI dataset: its items are ``dataset.data``) in one-anatomy
+    batches. The one place every workflow builds its loader, so that the sampler's rules live in one spot."""
+    sampler = AnatomyBatchSampler(dataset.data, batch_size, key=key, shuffle=shuffle, seed=seed)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
