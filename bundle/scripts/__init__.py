@@ -23,6 +23,17 @@ from .landmark_transforms import PointsInImaged, ResizeToSized, ToGray2D, ToGray
 from .losses import HeatmapBCELoss
 from .metrics import LandmarkErrorMetric, radial_errors, summarize_anatomy, summarize_errors
 from .outputs import SaveLandmarksd, SaveOverlayd, overlay_image
+from .recognition import (
+    AnatomyRecognizer,
+    FitAnatomyRecognizer,
+    RecognitionReportHandler,
+    evaluate_recognition,
+    exit_if_unrecognized,
+    fit_recognizer,
+    load_recognizer,
+    recognize_images,
+    train_recognizer,
+)
 from .reports import EvaluationReport, MLFlowReportHandler, format_metrics_table, write_metrics_json
 from .runtime import keep_freed_memory
 from .sampling import AnatomyBatchSampler, anatomy_dataloader

@@ -50,6 +50,15 @@ class CheckedCheckpointLoader(CheckpointLoader):
 
     def __call__(self, engine: Engine) -> None:
         ckpt = read_checkpoint(self.load_path, self.map_location or "cpu")
+        # an object marked optional_in_checkpoint (the anatomy recogniser) is absent from older checkpoints: keep it
+        full = self.load_dict
+        self.load_dict = {k: v for k, v in full.items() if k in ckpt or not getattr(v, "optional_in_checkpoint", False)}
+        try:
+            self._load(engine, ckpt)
+        finally:
+            self.load_dict = full
+
+    def _load(self, engine: Engine, ckpt: dict[str, Any]) -> None:
         missing = [k for k in self.load_dict if k not in ckpt]
         if missing and len(self.load_dict) > 1:
             raise CheckpointError(f"checkpoint {self.load_path}: has no {missing} (it holds {sorted(ckpt)}).")
