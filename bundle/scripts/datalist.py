@@ -250,8 +250,22 @@ def inference_items(
     anatomy: str | None = None,
     datalist_path: str | None = None,
     split: str = "test",
+    recognition: Sequence[Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Items to run inference on: ``images`` of one ``anatomy``, or else a datalist split (landmarks optional)."""
+    """Items to run inference on: ``images`` of one ``anatomy``, or else a datalist split (landmarks optional).
+
+    Without an ``anatomy``, ``recognition`` (``scripts.recognize_images``: one answer per image) names each image's
+    anatomy; images it calls unknown are left out, and the items say ``anatomy_recognized`` and with what
+    probability and distance.
+    """
+    if images and not anatomy and recognition is not None:
+        items = []
+        for i, rec in enumerate(recognition):
+            if rec.known:
+                item = _validate_item({"image": rec.image, "anatomy": rec.anatomy}, f"input image {i}", "", anatomies, False, True)
+                item.update(anatomy_recognized=True, anatomy_probability=rec.probability, anatomy_distance=rec.distance)
+                items.append(item)
+        return items
     if images:
         if not anatomy:
             raise DatalistError(f"inference on {len(images)} image(s) needs an anatomy (one of {anatomies.names}).")

@@ -16,6 +16,7 @@ from monai.transforms import MapTransform
 from PIL import Image, ImageDraw, ImageFont
 
 from .anatomies import AnatomySet
+from .recognition import recognition_fields
 
 __all__ = ["atomic_path", "overlay_image", "write_json_atomic", "SaveLandmarksd", "SaveOverlayd"]
 
@@ -148,6 +149,7 @@ class SaveLandmarksd(MapTransform):
             result = {
                 "image": source,
                 "anatomy": anatomy.name,
+                **recognition_fields(d),  # anatomy_recognized, anatomy_probability, anatomy_distance when recognised
                 "image_size": {"width": w, "height": h},
                 "coordinates": "original image pixels; x to the right, y down, pixel centres at integers",
                 "landmarks": [
