@@ -100,6 +100,11 @@ def test_training_writes_checkpoints_and_an_mlflow_run(trained):
     assert len(runs) == 2
     assert all({"val_mre", "train_loss", "epoch_loss", "val_mre_head_MRE"} <= set(r.data.metrics) for r in runs)
     assert {r.data.params["anatomies"] for r in runs} == {"head,hand,chest,pelvis"}
+    from scripts import read_checkpoint
+
+    for name in ("model.pt", "checkpoint_epoch=2.pt"):  # the anatomy recogniser, trained with the landmark model
+        state = read_checkpoint(os.path.join(trained["out"], "models", name))["recognizer"]
+        assert bool(state["fitted"]) and state["_extra_state"]["names"] == ["head", "hand", "chest", "pelvis"]
 
 
 def test_second_run_resumes_after_the_first_epoch(trained):
@@ -107,6 +112,8 @@ def test_second_run_resumes_after_the_first_epoch(trained):
     # one summary line per epoch (the epoch's mean loss): the second run trains epoch 2 only
     assert "Epoch[1] Metrics -- epoch_loss" not in trained["logs"][1]
     assert "Epoch[2] Metrics -- epoch_loss" in trained["logs"][1]
+    # the recogniser is fitted once, in the first run; the second loads it with the rest
+    assert "anatomy recogniser: " in trained["logs"][0] and "anatomy recogniser: " not in trained["logs"][1]
 
 
 def test_evaluate_writes_the_report_and_logs_it_to_mlflow(trained):
@@ -131,6 +138,10 @@ def test_evaluate_writes_the_report_and_logs_it_to_mlflow(trained):
     assert len(rows) == 1 + 4 * (19 + 37 + 6 + 10)
     report = open(os.path.join(out, "report.md")).read()
     assert "## head" in report and "mean-shape baseline" in report and "### Worst cases" in report
+    assert "## Anatomy recognition" in report
+    recognition = metrics["_recognition"]  # the recogniser's confusion matrix on the same images
+    assert recognition["labels"] == ["head", "hand", "chest", "pelvis"] and recognition["images"] == 16
+    assert np.array(recognition["matrix"]).shape == (4, 5) and np.array(recognition["matrix"]).sum() == 16
     assert sorted(os.listdir(os.path.join(out, "figures"))) == [f"ced_{a}.png" for a in ("chest", "hand", "head", "pelvis")]
     assert len(os.listdir(os.path.join(out, "worst_cases"))) == 4 * 3
     client, (run,) = _mlflow(out)
@@ -157,6 +168,19 @@ def test_inference_writes_original_space_json_and_overlay(trained):
     assert min(xs) >= -0.5 and max(xs) <= 175.5 and min(ys) >= -0.5 and max(ys) <= 255.5
     assert all(0.0 < p["confidence"] < 1.0 for p in result["landmarks"])  # the peak of a product of two sigmoids
     assert os.path.getsize(os.path.join(out, "hand_005_overlay.png")) > 0
+
+
+def test_inference_without_an_anatomy_uses_the_recogniser_trained_with_the_model(trained):
+    out = os.path.join(trained["out"], "infer_recognised")
+    ckpt = os.path.join(trained["out"], "models", "model.pt")
+    images = [os.path.join(trained["data"], "images", a, f"{a}_{k:03d}.png") for a, k in (("hand", 5), ("chest", 6))]
+    proc = bundle(
+        "run", "inference", "--config_file", BASE, "--ckpt_path", ckpt, "--output_dir", out, "--input_images", json.dumps(images),
+    )
+    for anatomy, k in (("hand", 5), ("chest", 6)):
+        result = json.load(open(os.path.join(out, f"{anatomy}_{k:03d}.json")))
+        assert result["anatomy"] == anatomy and result["anatomy_recognized"] is True
+        assert f"recognised as {anatomy} (p=" in proc.stdout
 
 
 def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
