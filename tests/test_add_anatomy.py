@@ -107,6 +107,9 @@ def test_add_anatomy_workflow_gains_the_fourth_anatomy_and_resumes(tiny_demo, tm
     assert "Resumed from" in second.stdout + second.stderr
     grown_ckpt = read_checkpoint(os.path.join(out, "models", "model.pt"))
     assert grown_ckpt["anatomies"]["names"] == ["head", "hand", "chest", "pelvis"]
+    # the datalist has images of every anatomy: the grown model's recogniser knows all four
+    assert grown_ckpt["recognizer"]["_extra_state"]["names"] == grown_ckpt["anatomies"]["names"]
+    assert bool(grown_ckpt["recognizer"]["fitted"])
     base = GU2Net([19, 37, 6]).to(memory_format=torch.channels_last)
     base.load_state_dict(read_checkpoint(base_ckpt)["model"])
     grown = GU2Net([19, 37, 6, 10]).to(memory_format=torch.channels_last)

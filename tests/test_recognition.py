@@ -113,6 +113,19 @@ def test_checkpoints_without_a_recogniser_still_load(fitted, demo, tmp_path):
     assert recognizer.is_fitted and torch.equal(recognizer.means, fitted.means)
 
 
+def test_train_recognizer_adds_one_to_a_checkpoint_without_touching_the_rest(demo, tmp_path):
+    from scripts.recognition import train_recognizer
+
+    path = _checkpoint(tmp_path / "old.pt", demo)
+    before = torch.load(path, weights_only=True)
+    cal = train_recognizer(path, load_datalist(demo, "training"), load_datalist(demo, "validation"), steps=3)
+    after = torch.load(path, weights_only=True)
+    assert set(after) == {"model", "anatomies", "recognizer"} and after["anatomies"] == before["anatomies"]
+    assert all(torch.equal(after["model"][k], v) for k, v in before["model"].items())
+    assert load_recognizer(path).calibration["steps"] == cal["steps"] == 3
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
+
+
 def _checkpoint(path, demo, recognizer=None) -> str:
     """An untrained landmark network of the demo's anatomies (inference runs, whatever its landmarks), with or
     without the recogniser."""
