@@ -96,7 +96,7 @@ def test_add_anatomy_workflow_gains_the_fourth_anatomy_and_resumes(tiny_demo, tm
         data[split] = [d for d in data[split] if d["anatomy"] != "pelvis"]
     (three / "datalist.json").write_text(json.dumps(data))
     base_out, out = str(tmp_path / "base"), str(tmp_path / "grown")
-    small = ["--val_interval", "1", "--batch_size", "2"]
+    small = ["--val_interval", "1", "--batch_size", "2", "--recognizer_steps", "30"]  # the recogniser: only that it is there
     bundle("run", "training", "--config_file", "configs/train.yaml", "--dataset_dir", str(three), "--output_dir", base_out,
            "--max_epochs", "1", *small)  # fmt: skip
     base_ckpt = os.path.join(base_out, "models", "model.pt")
