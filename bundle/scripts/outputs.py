@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from collections.abc import Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -16,43 +13,9 @@ from monai.transforms import MapTransform
 from PIL import Image, ImageDraw, ImageFont
 
 from .anatomies import AnatomySet
+from .files import image_stem, write_json_atomic
 
-__all__ = ["atomic_path", "overlay_image", "write_json_atomic", "SaveLandmarksd", "SaveOverlayd"]
-
-
-@contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path beside ``path`` to write to; it replaces ``path`` only once written whole.
-
-    The temporary name keeps the extension, so writers that infer the format from it (PIL, matplotlib) work.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix="_" + os.path.basename(path))
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _strict(obj: Any) -> Any:
-    """``obj`` with every NaN or infinite float as None: strict JSON, which every reader accepts."""
-    if isinstance(obj, Mapping):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json_atomic(obj: Any, path: str) -> None:
-    """Write strict JSON (NaN as null) atomically (see :func:`atomic_path`): readers never see half a file."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(_strict(obj), f, indent=2, allow_nan=False)
+__all__ = ["overlay_image", "SaveLandmarksd", "SaveOverlayd"]
 
 
 def _confidence_colour(c: float) -> tuple[int, int, int]:
@@ -135,11 +98,7 @@ class SaveLandmarksd(MapTransform):
         d = dict(data)
         original = d[self.original_key]
         source = str(original.meta.get("filename_or_obj", "image"))
-        stem = os.path.basename(source)
-        for ext in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".mha", ".mhd", ".nrrd", ".tif", ".tiff"):
-            if stem.lower().endswith(ext):
-                stem = stem[: -len(ext)]
-                break
+        stem = image_stem(source)
         anatomy = self.anatomies[str(d["anatomy"])]
         for key in self.key_iterator(d):
             pts = np.asarray(d[key], dtype=np.float64)
@@ -192,7 +151,7 @@ class SaveOverlayd(MapTransform):
             if len(chosen) >= self.max_per_anatomy:
                 return d
             chosen.append(source)
-        stem = os.path.splitext(os.path.basename(source))[0]
+        stem = image_stem(source)
         os.makedirs(self.output_dir, exist_ok=True)
         for key in self.key_iterator(d):
             img = overlay_image(image, np.asarray(d[key]), d.get(self.confidence_key))

@@ -20,7 +20,8 @@ from monai.handlers import MLFlowHandler
 
 from .anatomies import AnatomySet
 from .metrics import LandmarkErrorMetric
-from .outputs import atomic_path, overlay_image, write_json_atomic
+from .files import atomic_path, image_stem, write_json_atomic, write_text_atomic
+from .outputs import overlay_image
 
 __all__ = [
     "format_metrics_table",
@@ -320,8 +321,7 @@ class EvaluationReport:
             title = f"{name}: cumulative error distribution ({run_info.get('decoder', '')})"
             plot_cumulative_errors(curves, self.anatomies[name].sdr_radii, v["unit"], title, os.path.join(out, figures[name]))
             worst[name] = [(r, self._overlay(r, name, rank)) for rank, r in enumerate(worst_cases(records, name, self.worst_count), 1)]
-        with atomic_path(os.path.join(out, "report.md")) as tmp, open(tmp, "w") as f:
-            f.write(format_report_markdown(self.metrics, worst, figures))
+        write_text_atomic(format_report_markdown(self.metrics, worst, figures), os.path.join(out, "report.md"))
         summary = {k: v for k, v in self.metrics.items() if not k.startswith("_")}
         print(format_metrics_table(summary, self.baseline), flush=True)
         print(f"report written to {out} (metrics.json, predictions.csv, report.md, figures/, worst_cases/)", flush=True)
@@ -332,7 +332,7 @@ class EvaluationReport:
         if self.image_loader is None or not record["image"]:
             return None
         image = self.image_loader({self.image_key: record["image"]})[self.image_key]
-        stem = os.path.splitext(os.path.basename(record["image"]))[0]
+        stem = image_stem(record["image"])
         rel = f"worst_cases/{anatomy}_{rank}_{stem}.png"
         with atomic_path(os.path.join(self.output_dir, rel)) as tmp:
             overlay_image(image, record["pred"], record["confidence"], record["true"]).save(tmp, format="PNG")

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +20,7 @@ import numpy as np
 
 from ..anatomies import Anatomy
 from ..datalist import SPLITS, read_datalist_json
+from ..files import image_stem, image_suffix, write_json_atomic
 from ..image_io import read_image_header
 
 __all__ = [
@@ -36,9 +35,6 @@ __all__ = [
     "merge_datalist",
     "write_datalist",
 ]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
-
 
 class PrepareError(ValueError):
     """Bad input to a preparation; the message names the file (and line) and the problem."""
@@ -131,11 +127,9 @@ def find_images(folder: str, pattern: str = "*") -> dict[str, str]:
     found: dict[str, str] = {}
     for root, _, files in os.walk(folder):
         for name in sorted(files):
-            low = name.lower()
-            suffix = next((s for s in IMAGE_SUFFIXES if low.endswith(s)), None)
-            if suffix is None or not fnmatch.fnmatch(name, pattern):
+            if image_suffix(name) is None or not fnmatch.fnmatch(name, pattern):
                 continue
-            stem, path = name[: -len(suffix)], os.path.join(root, name)
+            stem, path = image_stem(name), os.path.join(root, name)
             if stem in found:
                 raise PrepareError(f"duplicate image id {stem!r}: {found[stem]} and {path}.")
             found[stem] = path
@@ -202,15 +196,5 @@ def write_datalist(out_dir: str, prepared: PreparedAnatomy) -> str:
         existing = read_datalist_json(path) if os.path.isfile(path) else {}
     except ValueError as e:  # a bad spec, or an existing datalist that is not a JSON object
         raise PrepareError(f"{e} Nothing was written.") from None
-    data = merge_datalist(existing, prepared, out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".datalist-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.chmod(tmp, 0o644)  # mkstemp's file is private; a datalist is not
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_json_atomic(merge_datalist(existing, prepared, out_dir), path, indent=1)
     return path
