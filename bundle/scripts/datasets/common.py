@@ -22,6 +22,7 @@ from ..anatomies import Anatomy
 from ..datalist import SPLITS, read_datalist_json
 from ..files import image_stem, image_suffix, write_json_atomic
 from ..image_io import read_image_header
+from ..landmark_rules import check_landmarks
 
 __all__ = [
     "PrepareError",
@@ -89,34 +90,21 @@ def read_csv_rows(path: str, skip_header: bool = False) -> Iterator[tuple[str, l
 
 
 def checked_landmarks(points: Any, count: int, image: str, where: str) -> list[list[float] | None]:
-    """Check ``count`` points ``(x, y)`` in pixels against the image (exists, readable, points inside) for the datalist.
+    """Check a label row's ``count`` points ``(x, y)`` in pixels against the image for the datalist.
 
-    A fully NaN point is "not annotated" (``null``); half a point, inf, a wrong count or a point outside the
-    image is an error naming ``where`` (the label file and line) and the image.
+    ``points`` holds the row's ``2 * count`` coordinates, flat or as pairs. The image must exist and be
+    readable; the points obey :func:`~scripts.landmark_rules.check_landmarks` (a fully NaN point is "not
+    annotated", ``null`` in the datalist). An error names ``where`` (the label file and line) and the image.
     """
-    flat = np.asarray(points, dtype=np.float64).ravel()
+    flat = np.ravel(np.asarray(points, dtype=np.float64))
     if flat.size != 2 * count:
         raise PrepareError(f"{where}: {flat.size} coordinates, expected {2 * count} ({count} landmarks x, y).")
-    pts = flat.reshape(count, 2)
-    if np.isinf(pts).any():
-        raise PrepareError(f"{where}: landmark coordinates must be finite.")
-    nan = np.isnan(pts)
-    half = nan.any(1) & ~nan.all(1)
-    if half.any():
-        raise PrepareError(f"{where}: landmark(s) {(np.flatnonzero(half) + 1).tolist()} have only one coordinate.")
-    if nan.all():
-        raise PrepareError(f"{where}: no landmark is annotated.")
     try:
         header = read_image_header(image)
     except (FileNotFoundError, ValueError) as e:
         raise PrepareError(f"{where}: {e}") from None
-    w, h = header.size[0], header.size[1]
-    x, y = pts[:, 0], pts[:, 1]
-    outside = ~nan.any(1) & ((x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5))
-    if outside.any():
-        k = int(np.flatnonzero(outside)[0])
-        raise PrepareError(f"{where}: landmark {k + 1} at ({x[k]:.2f}, {y[k]:.2f}) is outside the {w}x{h} image {image}.")
-    return [None if nan[k].any() else [round(float(x[k]), 3), round(float(y[k]), 3)] for k in range(count)]
+    pts = check_landmarks(flat.reshape(count, 2), count, where, PrepareError, header.size, image)
+    return [None if np.isnan(p).any() else [round(float(p[0]), 3), round(float(p[1]), 3)] for p in pts]
 
 
 def find_images(folder: str, pattern: str = "*") -> dict[str, str]:
