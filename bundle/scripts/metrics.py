@@ -81,8 +81,8 @@ class LandmarkErrorMetric(Metric):
     geometric mean of the per-anatomy MREs (each in its own unit): no anatomy dominates by image count, and
     the ranking of checkpoints does not depend on the units (an anatomy in px instead of mm scales every
     value by the same factor), nor on which anatomy has the largest errors: a 10 % gain counts the same on
-    any anatomy. (The arithmetic mean let an anatomy that had not converged, e.g. a hand at 100-190 mm,
-    pick the checkpoint of a universal run alone.) With one anatomy it is that anatomy's MRE. The
+    any anatomy. (An arithmetic mean would let one anatomy that has not converged choose the checkpoint of a
+    universal run alone.) With one anatomy it is that anatomy's MRE. The
     per-anatomy and per-landmark figures go to ``engine.state.metrics`` as ``<name>_<anatomy>_MRE`` and
     ``<name>_<anatomy>_SDR_<r>`` and stay available as :attr:`results`.
     """
