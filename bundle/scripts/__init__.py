@@ -21,7 +21,8 @@ from .metrics import (
     summarize_errors,
     write_metrics_json,
 )
-from .outputs import SaveLandmarksd, SaveOverlayd, overlay_image
+from .outputs import SaveLandmarksd, SaveOverlayd
+from .overlays import confidence_colour, overlay_image
 from .reports import EvaluationReport
 from .runtime import keep_freed_memory
 from .sampling import AnatomyBatchSampler

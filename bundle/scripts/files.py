@@ -24,6 +24,7 @@ __all__ = [
     "image_stem",
     "image_suffix",
     "strict_json",
+    "write_image_atomic",
     "write_json_atomic",
     "write_text_atomic",
 ]
@@ -140,3 +141,9 @@ def write_text_atomic(text: str, path: str) -> None:
     """Write ``text`` to ``path`` through :func:`atomic_path`."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write(text)
+
+
+def write_image_atomic(image: Any, path: str, format: str = "PNG") -> None:
+    """Save a PIL image (anything with ``save(path, format=...)``) to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=format)

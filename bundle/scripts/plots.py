@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .files import atomic_path
-from .outputs import overlay_image
+from .files import atomic_path, write_image_atomic
+from .overlays import REVIEW_THRESHOLD, overlay_image
 
 __all__ = ["plot_cumulative_errors", "plot_worst_case"]
 
@@ -44,7 +44,7 @@ def plot_cumulative_errors(
     plt.close(fig)
 
 
-def plot_worst_case(image: Any, record: Mapping[str, Any], path: str) -> None:
-    """Draw one record's predictions (coloured by confidence) and annotations on its ``(1, W, H)`` original image."""
-    with atomic_path(path) as tmp:
-        overlay_image(image, record["pred"], record["confidence"], record["true"]).save(tmp, format="PNG")
+def plot_worst_case(image: Any, record: Mapping[str, Any], path: str, threshold: float = REVIEW_THRESHOLD) -> None:
+    """Draw one record's predictions (coloured by confidence around ``threshold``) and annotations on its
+    ``(1, W, H)`` original image."""
+    write_image_atomic(overlay_image(image, record["pred"], record["confidence"], record["true"], threshold), path)

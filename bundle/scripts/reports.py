@@ -20,6 +20,7 @@ from ignite.engine import Engine, Events
 from .anatomies import AnatomySet
 from .files import image_stem, write_text_atomic
 from .metrics import LandmarkErrorMetric, format_metrics_table, write_metrics_json
+from .overlays import REVIEW_THRESHOLD
 from .plots import plot_cumulative_errors, plot_worst_case
 from .predictions import worst_cases, write_predictions_csv
 from .report_markdown import format_report_markdown
@@ -47,6 +48,7 @@ class EvaluationReport:
         image_loader: a dictionary transform reading ``{image_key: path}`` into a ``(1, W, H)`` image, for the
             worst-case overlays (none without it).
         worst_count: overlays per anatomy.
+        confidence_threshold: the confidence below which the overlays mark a landmark for review.
     """
 
     def __init__(
@@ -60,10 +62,12 @@ class EvaluationReport:
         image_loader: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
         image_key: str = "image",
         worst_count: int = 3,
+        confidence_threshold: float = REVIEW_THRESHOLD,
     ) -> None:
         self.metric, self.anatomies, self.output_dir = metric, anatomies, output_dir
         self.baseline, self.run_info, self.published = baseline, dict(run_info or {}), published
         self.image_loader, self.image_key, self.worst_count = image_loader, image_key, worst_count
+        self.confidence_threshold = confidence_threshold
         self.metrics: dict[str, Any] = {}
 
     @property
@@ -114,7 +118,7 @@ class EvaluationReport:
             return None
         image = self.image_loader({self.image_key: record["image"]})[self.image_key]
         rel = f"worst_cases/{anatomy}_{rank}_{image_stem(record['image'])}.png"
-        plot_worst_case(image, record, os.path.join(self.output_dir, rel))
+        plot_worst_case(image, record, os.path.join(self.output_dir, rel), self.confidence_threshold)
         return rel
 
 
