@@ -23,7 +23,15 @@ def run_dir(tmp_path):
     return tmp_path
 
 
-def _logged(uri: str, experiment: str) -> set[str]:
+def _run_and_list(uri: str, experiment: str, **kwargs) -> set[str]:
+    """Run a one-epoch engine with the handler attached; the artifact files its finished run holds."""
+    handler = MLFlowReportHandler(
+        tracking_uri=uri, experiment_name=experiment, run_name=f"{experiment}_test", experiment_param={"decoder": "gaussian"},
+        iteration_log=False, close_on_complete=True, **kwargs,
+    )  # fmt: skip
+    engine = Engine(lambda e, b: b)
+    handler.attach(engine)
+    engine.run([0], max_epochs=1)
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     found, folders = set(), [None]
@@ -35,30 +43,14 @@ def _logged(uri: str, experiment: str) -> set[str]:
 
 
 def test_files_and_folders_keep_their_place_relative_to_the_root(run_dir):
-    uri = "sqlite:///" + str(run_dir / "mlruns.db")
     out = run_dir / "eval"
     artifacts = [str(out / "metrics.json"), str(out / "figures"), str(out / "missing.md"),
                  str(run_dir / "elsewhere" / "model.pt"), str(run_dir / "val_overlays")]  # fmt: skip
-    handler = MLFlowReportHandler(
-        tracking_uri=uri, experiment_name="eval", run_name="evaluate_test", experiment_param={"decoder": "gaussian"},
-        iteration_log=False, artifacts=artifacts, artifact_root=str(out), close_on_complete=True,
-    )  # fmt: skip
-    engine = Engine(lambda e, b: b)
-    handler.attach(engine)
-    engine.run([0], max_epochs=1)
-    assert _logged(uri, "eval") == {
-        "metrics.json", "figures/ced.png", "figures/deep/x.png", "model.pt", "val_overlays/head_1.png"
-    }  # fmt: skip
+    logged = _run_and_list("sqlite:///" + str(run_dir / "mlruns.db"), "eval", artifacts=artifacts, artifact_root=str(out))
+    assert logged == {"metrics.json", "figures/ced.png", "figures/deep/x.png", "model.pt", "val_overlays/head_1.png"}
 
 
 def test_without_a_root_files_go_to_the_top_and_folders_under_their_name(run_dir):
-    uri = "sqlite:///" + str(run_dir / "mlruns.db")
-    handler = MLFlowReportHandler(
-        tracking_uri=uri, experiment_name="train", run_name="train_test", experiment_param={"decoder": "gaussian"},
-        iteration_log=False, artifacts=[str(run_dir / "elsewhere" / "model.pt"), str(run_dir / "val_overlays")],
-        close_on_complete=True,
-    )  # fmt: skip
-    engine = Engine(lambda e, b: b)
-    handler.attach(engine)
-    engine.run([0], max_epochs=1)
-    assert _logged(uri, "train") == {"model.pt", "val_overlays/head_1.png"}
+    artifacts = [str(run_dir / "elsewhere" / "model.pt"), str(run_dir / "val_overlays")]
+    logged = _run_and_list("sqlite:///" + str(run_dir / "mlruns.db"), "train", artifacts=artifacts)
+    assert logged == {"model.pt", "val_overlays/head_1.png"}
