@@ -18,7 +18,8 @@ Landmarks are ``(x, y)`` in pixels of the original image (x right, y down, pixel
 item is, in this order: the item's ``spacing``; a DICOM image's header (``PixelSpacing``, else
 ``ImagerPixelSpacing``; read when images are checked); the anatomy's ``spacing``; else none, and the unit is
 pixels. Items say which in ``spacing_source`` (an item may state its own, e.g. the hand's wrist rule).
-Every check here names the datalist file, the split, the item and the image.
+The landmark and spacing rules are :mod:`scripts.landmark_rules`; every check here names the datalist file,
+the split, the item and the image.
 """
 
 from __future__ import annotations
@@ -163,7 +164,8 @@ def _validate_item(
     }
     if "landmarks" in raw and raw["landmarks"] is not None:
         size = header.size if header is not None else None
-        points = check_landmarks(raw["landmarks"], anatomy.num_landmarks, where, DatalistError, size, owner=f"anatomy {anatomy.name!r}")
+        owner = f"anatomy {anatomy.name!r}"
+        points = check_landmarks(raw["landmarks"], anatomy.num_landmarks, where, DatalistError, size, owner=owner)
         item["landmarks"] = points.astype(np.float32)
     elif require_landmarks:
         raise DatalistError(f"{where}: no 'landmarks'.")
