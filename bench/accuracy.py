@@ -106,7 +106,7 @@ def prepare(work: str, budget: dict) -> dict[str, str]:
             uni.setdefault(split, []).extend(
                 dict(it, image=os.path.join(demo_root, it["image"])) for it in demo[split] if it["anatomy"] == name
             )
-    from scripts.outputs import write_json_atomic
+    from scripts.files import write_json_atomic
 
     write_json_atomic(uni, uni_path)
     return {"head": head_dir, "universal": uni_dir}
@@ -188,7 +188,7 @@ def main() -> None:
     print(table)
     print(json.dumps(settings))
     if args.json:
-        from scripts.outputs import write_json_atomic
+        from scripts.files import write_json_atomic
 
         write_json_atomic({"runs": results, "paper_head": PAPER_HEAD, "settings": settings, "table": table}, args.json)
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from scripts.anatomies import Anatomy, AnatomySet
 from scripts.metrics import LandmarkErrorMetric
-from scripts.reports import EvaluationReport, MLFlowReportHandler
+from scripts.reports import EvaluationReport
+from scripts.tracking import MLFlowReportHandler
 
 ANATOMIES = AnatomySet(
     [

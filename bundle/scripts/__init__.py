@@ -20,9 +20,17 @@ from .image_io import read_image_header
 from .inferers import DeployInferer
 from .landmark_transforms import PointsInImaged, ResizeToSized, ToGray2D, ToGray2Dd
 from .losses import HeatmapBCELoss
-from .metrics import LandmarkErrorMetric, radial_errors, summarize_anatomy, summarize_errors
-from .outputs import SaveLandmarksd, SaveOverlayd, overlay_image
-from .reports import EvaluationReport, MLFlowReportHandler, format_metrics_table, write_metrics_json
+from .metrics import (
+    LandmarkErrorMetric,
+    format_metrics_table,
+    radial_errors,
+    summarize_anatomy,
+    summarize_errors,
+    write_metrics_json,
+)
+from .outputs import SaveLandmarksd, SaveOverlayd
+from .overlays import confidence_colour, overlay_image
+from .reports import EvaluationReport
 from .runtime import keep_freed_memory
 from .sampling import AnatomyBatchSampler, anatomy_dataloader
-from .tracking import mlflow_handler
+from .tracking import MLFlowReportHandler, mlflow_handler

@@ -3,7 +3,7 @@
 Targets are made here, not with MONAI's ``GenerateHeatmap``: that one rounds each centre to the nearest
 pixel before blurring, which biases targets by up to 0.5 px (one of the faults of the GU2Net authors'
 code we must not repeat). Here each channel is ``exp(-|p - c|^2 / (2 sigma^2))`` at the exact centre,
-scaled to peak 1, computed separably (cheap even for 37 landmarks at 512 x 416).
+scaled to peak 1, computed separably (cheap even for many landmarks on a full-size input).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
