@@ -1,5 +1,6 @@
 """GU2Net universal landmark detection: the bundle's custom Python, re-exported for the configs."""
 
+from .add_anatomy import grow_network, most_similar_anatomy, trainable_parameters
 from .anatomies import Anatomy, AnatomySet
 from .baselines import mean_shape, mean_shape_baseline
 from .checkpoints import CheckedCheckpointLoader, CheckpointError, ResumeFromLatest, read_checkpoint

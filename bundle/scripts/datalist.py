@@ -81,7 +81,8 @@ def workflow_anatomies(workflow: str, ckpt_path: str, datalist_path: str) -> Ana
     - ``training``: the datalist's (a resumed checkpoint with other anatomies is refused when it loads);
     - ``inference``: the checkpoint's when it exists (no datalist needed), else the datalist's;
     - ``evaluation``: the checkpoint's, measured at the SDR radii of the evaluated datalist where it declares
-      the same anatomy (the radii are the data's protocol, not the model's).
+      the same anatomy (the radii are the data's protocol, not the model's);
+    - ``add_anatomy``: the checkpoint's, in their order, then those the datalist declares that it lacks.
     """
     if workflow == "training":
         return load_anatomies(datalist_path)
@@ -91,7 +92,17 @@ def workflow_anatomies(workflow: str, ckpt_path: str, datalist_path: str) -> Ana
         own = _declared_anatomies(read_datalist_json(datalist_path), datalist_path, required=False)
         ckpt = AnatomySet.from_checkpoint(ckpt_path)
         return ckpt.with_radii_of(own) if own else ckpt
-    raise ValueError(f"workflow_anatomies: unknown workflow {workflow!r} (training, inference or evaluation).")
+    if workflow == "add_anatomy":
+        if not ckpt_path:
+            raise ValueError("add_anatomy needs the trained model to extend: --base_ckpt /path/to/model.pt")
+        base = AnatomySet.from_checkpoint(ckpt_path)
+        new = [a for a in load_anatomies(datalist_path) if a.name not in base.index]
+        if not new:
+            raise DatalistError(f"datalist {datalist_path}: declares no anatomy that checkpoint {ckpt_path} lacks.")
+        return AnatomySet([*base, *new])
+    raise ValueError(
+        f"workflow_anatomies: unknown workflow {workflow!r} (training, inference, evaluation or add_anatomy)."
+    )
 
 
 def load_datalist(
