@@ -34,6 +34,11 @@ __all__ = ["LabelError", "LandmarkTrainTask", "read_label", "datastore_items", "
 logger = logging.getLogger(__name__)
 
 
+def _as_bool(value: Any) -> bool:
+    """A request flag: JSON booleans, or strings such as ``"false"`` / ``"0"`` from a form."""
+    return value.strip().lower() not in ("false", "0", "no", "off", "") if isinstance(value, str) else bool(value)
+
+
 class LabelError(ValueError):
     """A saved label cannot be turned into a datalist item; the message names the label and the problem."""
 
@@ -256,13 +261,15 @@ class LandmarkTrainTask(TrainTask):
             **overrides,
         )
         workflow.initialize()
-        if bool(request.get("pretrained", True)) and os.path.isfile(self.model.checkpoint):
-            state = scripts.read_checkpoint(self.model.checkpoint, "cpu")
+        pretrained = _as_bool(request.get("pretrained", True)) and os.path.isfile(self.model.checkpoint)
+        publish = _as_bool(request.get("publish", True))
+        if pretrained or publish:  # the served tasks are the served anatomies: training must keep them
             try:
-                workflow.parser.get_parsed_content("anatomies").load_state_dict(state["anatomies"])
+                workflow.parser.get_parsed_content("anatomies").load_state_dict(anatomies.state_dict())
             except ValueError as e:
                 raise LabelError(f"dataset {dataset_dir}: its anatomies differ from the served checkpoint's ({e})") from None
-            workflow.parser.get_parsed_content("network").load_state_dict(state["model"])
+        if pretrained:
+            workflow.parser.get_parsed_content("network").load_state_dict(scripts.read_checkpoint(self.model.checkpoint)["model"])
             logger.info(f"starting from the weights of {self.model.checkpoint}")
         workflow.run()
         workflow.finalize()
@@ -273,7 +280,7 @@ class LandmarkTrainTask(TrainTask):
             "overrides": {k: v for k, v in overrides.items() if isinstance(v, (str, int, float, bool))},
             "seconds": round(time.time() - started, 1),
         }
-        if bool(request.get("publish", True)):
+        if publish:
             summary["published_from"] = publish_checkpoint(output_dir, self.model.checkpoint)
             summary["checkpoint"] = self.model.checkpoint
             summary["checkpoint_mtime"] = os.stat(self.model.checkpoint).st_mtime
