@@ -170,18 +170,22 @@ def test_landmarks_equal_the_bundles_inference_and_the_markups_file_places_them(
 
 
 def test_label_image_has_a_disk_per_landmark_in_the_input_geometry(server):
-    import itk
+    import nrrd  # pynrrd, a MONAI Label dependency (lighter to import here than ITK)
 
     r = infer(server, "head", HEAD, output="image", result_file="label")
     assert r.status_code == 200, r.text
     path = os.path.join(os.path.dirname(server["log"]), "label.nrrd")
     with open(path, "wb") as f:
         f.write(r.content)
-    label = itk.imread(path)
-    values = set(np.unique(itk.array_from_image(label)).tolist())
-    assert tuple(label.GetLargestPossibleRegion().GetSize()) == (192, 240)
-    assert tuple(label.GetSpacing()) == (1.0, 1.0) and tuple(label.GetOrigin()) == (0.0, 0.0)
-    assert 0 in values and values <= set(range(20)) and len(values) > 1
+    label, header = nrrd.read(path)  # (x, y) index order
+    assert label.shape == (192, 240) and list(header["space origin"]) == [0, 0]
+    assert np.array_equal(header["space directions"], np.eye(2))
+    points = np.array([[p["x"], p["y"]] for p in infer(server, "head", HEAD).json()["landmarks"]])
+    values = set(np.unique(label).tolist()) - {0}
+    assert values and values <= set(range(1, 20))
+    for v in values:  # each disk (radius 2 px here; later disks may cover parts of earlier ones) is at its landmark
+        xy = np.argwhere(label == v)
+        assert np.hypot(*(xy - points[v - 1]).T).max() <= 2.0 + 1e-6
 
 
 def test_load_50_requests_8_at_a_time_without_a_failure(server):
@@ -244,7 +248,6 @@ def test_markups_round_trip_through_a_rotated_geometry():
 
 def test_training_through_the_server_publishes_a_checkpoint_that_the_next_request_uses(server):
     """Labels saved as a Slicer markups file (head) and as datalist JSON (hand); one short epoch; new checkpoint."""
-    from lib.geometry import read_geometry
     from lib.markups import slicer_markups
 
     base = server["base"]
@@ -252,8 +255,8 @@ def test_training_through_the_server_publishes_a_checkpoint_that_the_next_reques
     datalist = json.load(open(os.path.join(server["demo"], "datalist.json")))
     truth = {os.path.basename(it["image"]).split(".")[0]: it for it in datalist["test"]}
     head = np.array(truth[HEAD]["landmarks"], dtype=np.float64)
-    image = os.path.join(os.path.dirname(server["log"]), "studies", f"{HEAD}.png")
-    doc = slicer_markups("head", datalist["anatomies"]["head"]["landmarks"], read_geometry(image).index_to_physical(head),
+    # a PNG's geometry is ITK's default (checked above), so a point at pixel (x, y) lies at (x, y, 0) mm
+    doc = slicer_markups("head", datalist["anatomies"]["head"]["landmarks"], np.c_[head, np.zeros(len(head))],
                          np.ones(len(head)), [False] * len(head))  # fmt: skip
     labels = [
         (HEAD, "head.mrk.json", json.dumps(doc), {}),
