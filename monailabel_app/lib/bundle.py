@@ -1,7 +1,7 @@
 """The GU2Net bundle as this app serves it: its config files, its checkpoint and one inference path built from them.
 
 Nothing of the network, the transforms or the decoding is copied here: :class:`LandmarkModel` asks the bundle's
-configs (through ``monai.bundle.ConfigParser``) for ``network``, ``infer#preprocessing``, ``prepare_batch``,
+configs (through ``monai.bundle.ConfigParser``) for ``network``, ``preprocessing``, ``prepare_batch``,
 ``inferer`` and ``decode``, and runs them as the bundle's ``inference`` workflow does for one image, so the
 landmarks equal those of ``python -m monai.bundle run inference`` on the same image and checkpoint.
 """
@@ -23,6 +23,7 @@ __all__ = [
     "BUNDLE_DIR",
     "bundle_config_files",
     "bundle_parser",
+    "first_config_id",
     "import_bundle_scripts",
     "LandmarkModel",
     "Prediction",
@@ -69,6 +70,19 @@ def bundle_parser(bundle_dir: str = BUNDLE_DIR, overrides: Mapping[str, Any] | N
     if overrides:
         parser.update(dict(overrides))
     return parser
+
+
+def first_config_id(parser: Any, *ids: str) -> str:
+    """The first of ``ids`` the parsed configs define (the bundle's ids moved between versions, e.g. the
+    property API's ``preprocessing`` was ``infer#preprocessing``).
+
+    Raises:
+        KeyError: none of them is defined.
+    """
+    for i in ids:
+        if i in parser:
+            return i
+    raise KeyError(f"the bundle's configs {bundle_config_files()} define none of {list(ids)}.")
 
 
 class RequestError(ValueError):
@@ -118,7 +132,7 @@ class _Loaded:
             raise scripts.CheckpointError(f"checkpoint {checkpoint}: does not fit the bundle's network: {e}") from None
         self.network.eval()
         self.review_threshold = ckpt.get("review_threshold")
-        self.preprocessing = parser.get_parsed_content("infer#preprocessing")
+        self.preprocessing = parser.get_parsed_content(first_config_id(parser, "preprocessing", "infer#preprocessing"))
         self.prepare_batch = parser.get_parsed_content("prepare_batch")
         self.inferer = parser.get_parsed_content("inferer")
         self.decode = parser.get_parsed_content("decode")

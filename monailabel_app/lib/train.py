@@ -9,6 +9,7 @@ request loads it. MONAI Label runs this task in a subprocess of the server.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -17,7 +18,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,17 @@ from .markups import MarkupsError, markups_to_pixels, read_markups_points
 __all__ = ["LabelError", "LandmarkTrainTask", "read_label", "datastore_items", "split_items", "publish_checkpoint"]
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _working_dir(path: str) -> Iterator[None]:
+    """Run the block in ``path``, then return to the previous working directory."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def _as_bool(value: Any) -> bool:
@@ -231,10 +243,34 @@ class LandmarkTrainTask(TrainTask):
             json.dump(datalist, f, indent=2)
         return run_dir, {"source": "datastore", "training": len(training), "validation": len(validation), "skipped": skipped}
 
-    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
-        """Run the bundle's ``training`` on the labels, then publish the checkpoint; returns the run's summary."""
+    def _run(self, request: Mapping[str, Any], overrides: dict[str, Any], anatomies: Any, dataset_dir: str, scripts: Any) -> bool:
+        """Run the bundle's ``training`` workflow; returns whether to publish its checkpoint."""
         from monai.bundle import ConfigWorkflow
 
+        workflow = ConfigWorkflow(
+            config_file=bundle_config_files(self.model.bundle_dir, train=True),
+            workflow_type=None,
+            run_id="training",
+            **overrides,
+        )
+        workflow.initialize()
+        pretrained = _as_bool(request.get("pretrained", True)) and os.path.isfile(self.model.checkpoint)
+        publish = _as_bool(request.get("publish", True))
+        if pretrained or publish:  # the served tasks are the served anatomies: training must keep them
+            try:
+                workflow.parser.get_parsed_content("anatomies").load_state_dict(anatomies.state_dict())
+            except ValueError as e:
+                raise LabelError(f"dataset {dataset_dir}: its anatomies differ from the served checkpoint's ({e})") from None
+        if pretrained:
+            state = scripts.read_checkpoint(self.model.checkpoint)
+            workflow.parser.get_parsed_content("network").load_state_dict(state["model"])
+            logger.info(f"starting from the weights of {self.model.checkpoint}")
+        workflow.run()
+        workflow.finalize()
+        return publish
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        """Run the bundle's ``training`` on the labels, then publish the checkpoint; returns the run's summary."""
         scripts = import_bundle_scripts(self.model.bundle_dir)
         anatomies = self.model.anatomies()
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(request.get("name") or "train"))
@@ -254,25 +290,8 @@ class LandmarkTrainTask(TrainTask):
         }
         logger.info(f"training with {bundle_config_files(self.model.bundle_dir, train=True)} and {overrides}")
         started = time.time()
-        workflow = ConfigWorkflow(
-            config_file=bundle_config_files(self.model.bundle_dir, train=True),
-            workflow_type=None,
-            run_id="training",
-            **overrides,
-        )
-        workflow.initialize()
-        pretrained = _as_bool(request.get("pretrained", True)) and os.path.isfile(self.model.checkpoint)
-        publish = _as_bool(request.get("publish", True))
-        if pretrained or publish:  # the served tasks are the served anatomies: training must keep them
-            try:
-                workflow.parser.get_parsed_content("anatomies").load_state_dict(anatomies.state_dict())
-            except ValueError as e:
-                raise LabelError(f"dataset {dataset_dir}: its anatomies differ from the served checkpoint's ({e})") from None
-        if pretrained:
-            workflow.parser.get_parsed_content("network").load_state_dict(scripts.read_checkpoint(self.model.checkpoint)["model"])
-            logger.info(f"starting from the weights of {self.model.checkpoint}")
-        workflow.run()
-        workflow.finalize()
+        with _working_dir(self.model.bundle_dir):  # the configs refer to each other from the bundle folder
+            publish = self._run(request, overrides, anatomies, dataset_dir, scripts)
         summary: dict[str, Any] = {
             "output_dir": output_dir,
             "dataset_dir": dataset_dir,
