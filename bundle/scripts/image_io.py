@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import itk
 import torch
@@ -17,7 +18,7 @@ from monai.transforms import LoadImage
 
 from .landmark_transforms import ToGray2D
 
-__all__ = ["ImageHeader", "read_image_header", "read_gray_image", "DICOM_SPACING_TAGS"]
+__all__ = ["ImageHeader", "read_image_io", "read_image_header", "read_gray_image", "DICOM_SPACING_TAGS"]
 
 # in order of preference; each holds "row spacing\\column spacing" in mm, i.e. (sy, sx)
 DICOM_SPACING_TAGS = {"0028|0030": "PixelSpacing", "0018|1164": "ImagerPixelSpacing"}
@@ -35,8 +36,8 @@ class ImageHeader:
     dicom_spacing_tag: str | None = None  # the tag it came from, e.g. "PixelSpacing"
 
 
-def read_image_header(path: str) -> ImageHeader:
-    """Read size, spacing and channel count of any ITK-readable file (PNG, JPG, BMP, DICOM, NIfTI, MHA).
+def read_image_io(path: str) -> Any:
+    """ITK's ``ImageIO`` for ``path`` with its header read (not the pixels): sizes, spacing, origin, direction.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -52,6 +53,17 @@ def read_image_header(path: str) -> ImageHeader:
         io.ReadImageInformation()
     except RuntimeError as e:  # ITK raises RuntimeError for broken headers
         raise ValueError(f"image file {path}: unreadable header ({str(e).strip().splitlines()[-1]}).") from None
+    return io
+
+
+def read_image_header(path: str) -> ImageHeader:
+    """Read size, spacing and channel count of any ITK-readable file (PNG, JPG, BMP, DICOM, NIfTI, MHA).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: ITK has no reader for it or its header is broken; the message names the file.
+    """
+    io = read_image_io(path)
     dims = io.GetNumberOfDimensions()
     size = tuple(int(io.GetDimensions(i)) for i in range(dims))
     spacing = tuple(float(io.GetSpacing(i)) for i in range(dims))

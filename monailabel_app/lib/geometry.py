@@ -7,7 +7,6 @@ ITK (and so 3D Slicer, and the bundle's reader) puts index ``(i, j[, k])`` of an
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,18 +78,9 @@ def read_geometry(path: str) -> ImageGeometry:
         FileNotFoundError: the file does not exist.
         ValueError: ITK cannot read it; the message names the file.
     """
-    import itk
+    from scripts.image_io import read_image_io  # the bundle's scripts are on the path (lib.bundle)
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file {path}: does not exist.")
-    io = itk.ImageIOFactory.CreateImageIO(path, itk.CommonEnums.IOFileMode_ReadMode)
-    if io is None:
-        raise ValueError(f"image file {path}: not an image format ITK can read.")
-    io.SetFileName(path)
-    try:
-        io.ReadImageInformation()
-    except RuntimeError as e:
-        raise ValueError(f"image file {path}: unreadable header ({str(e).strip().splitlines()[-1]}).") from None
+    io = read_image_io(path)
     n = io.GetNumberOfDimensions()
     columns = [[float(v) for v in io.GetDirection(a)] for a in range(n)]  # GetDirection(a): index axis a
     return ImageGeometry(
