@@ -16,6 +16,7 @@ from monai.transforms import MapTransform
 from PIL import Image, ImageDraw, ImageFont
 
 from .anatomies import AnatomySet
+from .durable import replace_durably
 
 __all__ = ["atomic_path", "overlay_image", "write_json_atomic", "SaveLandmarksd", "SaveOverlayd"]
 
@@ -25,6 +26,7 @@ def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path`` to write to; it replaces ``path`` only once written whole.
 
     The temporary name keeps the extension, so writers that infer the format from it (PIL, matplotlib) work.
+    The file is fsynced and gets the mode a plainly created file has (``scripts.durable.replace_durably``).
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -32,7 +34,7 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -140,6 +142,7 @@ class SaveLandmarksd(MapTransform):
             if stem.lower().endswith(ext):
                 stem = stem[: -len(ext)]
                 break
+        stem = str(d.get("output_name") or stem)  # unique per input (scripts.inputs.output_names), may hold folders
         anatomy = self.anatomies[str(d["anatomy"])]
         for key in self.key_iterator(d):
             pts = np.asarray(d[key], dtype=np.float64)
@@ -157,7 +160,8 @@ class SaveLandmarksd(MapTransform):
             }
             write_json_atomic(result, os.path.join(self.output_dir, f"{stem}.json"))
             if self.overlay:
-                overlay_image(original, pts, conf).save(os.path.join(self.output_dir, f"{stem}_overlay.png"))
+                with atomic_path(os.path.join(self.output_dir, f"{stem}_overlay.png")) as tmp:
+                    overlay_image(original, pts, conf).save(tmp)
         return d
 
 
@@ -196,5 +200,6 @@ class SaveOverlayd(MapTransform):
         os.makedirs(self.output_dir, exist_ok=True)
         for key in self.key_iterator(d):
             img = overlay_image(image, np.asarray(d[key]), d.get(self.confidence_key))
-            img.save(os.path.join(self.output_dir, f"{anatomy}_{stem}.png"))
+            with atomic_path(os.path.join(self.output_dir, f"{anatomy}_{stem}.png")) as tmp:
+                img.save(tmp)
         return d
