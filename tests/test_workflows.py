@@ -104,9 +104,23 @@ def test_training_writes_checkpoints_and_an_mlflow_run(trained):
 
 def test_second_run_resumes_after_the_first_epoch(trained):
     assert "Resumed from" in trained["logs"][1] and "checkpoint_epoch=1.pt" in trained["logs"][1]
+    assert not any(n.startswith(".tmp_") for n in os.listdir(os.path.join(trained["out"], "models")))
     # one summary line per epoch (the epoch's mean loss): the second run trains epoch 2 only
     assert "Epoch[1] Metrics -- epoch_loss" not in trained["logs"][1]
     assert "Epoch[2] Metrics -- epoch_loss" in trained["logs"][1]
+
+
+def test_the_best_model_keeps_its_score_across_the_restart(trained):
+    """model.pt holds the lower val_mre of the two runs' validations: the second run compared against the first's."""
+    from scripts import read_best_score
+
+    _, runs = _mlflow(trained["out"])
+    first, second = sorted(runs, key=lambda r: r.info.start_time)
+    best = read_best_score(os.path.join(trained["out"], "models", "model.pt"))
+    assert best["metric"] == "val_mre"
+    assert best["value"] == pytest.approx(min(first.data.metrics["val_mre"], second.data.metrics["val_mre"]))
+    assert best["epoch"] == (1 if best["value"] == pytest.approx(first.data.metrics["val_mre"]) else 2)
+    assert "best model so far" in trained["logs"][1]  # the restart read the score back
 
 
 def test_evaluate_writes_the_report_and_logs_it_to_mlflow(trained):

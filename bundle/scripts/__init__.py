@@ -3,7 +3,8 @@
 from .add_anatomy import grow_network, most_similar_anatomy, trainable_parameters
 from .anatomies import Anatomy, AnatomySet
 from .baselines import mean_shape, mean_shape_baseline
-from .checkpoints import CheckedCheckpointLoader, CheckpointError, ResumeFromLatest, read_checkpoint
+from .checkpoint_saver import AtomicDiskSaver, SafeCheckpointSaver, read_best_score
+from .checkpoints import CheckedCheckpointLoader, CheckpointError, ResumeFromLatest, SamplerEpoch, read_checkpoint
 from .datalist import (
     DatalistError,
     inference_items,
@@ -15,10 +16,13 @@ from .datalist import (
 from .datasets import PreparedAnatomy, PrepareError, prepare_generic, prepare_hand, prepare_isbi2015, prepare_shenzhen
 from .datasets.demo import ensure_demo, generate_demo
 from .deploy import DeployGU2Net, export_onnx, fold_batch_norm
+from .durable import replace_durably, save_torch_atomic
+from .errors import BundleError, error_summary, install_error_hook
 from .gu2net import GU2Net
 from .heatmaps import DecodeLandmarksd, LandmarkHeatmap, LandmarkHeatmapd, decode_heatmaps, grid_to_original
 from .image_io import read_image_header
 from .inferers import DeployInferer
+from .inputs import InputError, check_training_data, finish_inference, inference_inputs, output_names
 from .landmark_transforms import PointsInImaged, ResizeToSized, ToGray2D, ToGray2Dd
 from .losses import HeatmapBCELoss
 from .metrics import (
@@ -32,6 +36,7 @@ from .metrics import (
 from .outputs import SaveLandmarksd, SaveOverlayd
 from .overlays import confidence_colour, overlay_image
 from .reports import EvaluationReport
+from .run_lock import RunLockError, lock_output_dir
 from .runtime import keep_freed_memory
 from .sampling import AnatomyBatchSampler, anatomy_dataloader
-from .tracking import MLFlowReportHandler, mlflow_handler
+from .tracking import MLFlowReportHandler, TrackingError, check_tracking, mlflow_handler

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .anatomies import AnatomySet
+from .errors import BundleError
 from .image_io import read_image_header
 from .landmark_rules import check_landmarks, resolve_spacing
 
@@ -40,7 +41,7 @@ __all__ = ["DatalistError", "load_anatomies", "load_datalist", "inference_items"
 SPLITS = ("training", "validation", "test")
 
 
-class DatalistError(ValueError):
+class DatalistError(BundleError, ValueError):
     """A datalist or one of its items is wrong; the message says where and what."""
 
 
@@ -111,6 +112,7 @@ def load_datalist(
     anatomies: AnatomySet | None = None,
     require_landmarks: bool = True,
     check_images: bool = True,
+    errors: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Load and validate the items of one split (or several) of a datalist.
 
@@ -122,6 +124,8 @@ def load_datalist(
             anatomy's default spacing is the datalist's own where it declares that anatomy (it describes the images).
         require_landmarks: False for inference lists, whose items need no landmarks.
         check_images: read every image's header (exists, readable, landmarks inside it).
+        errors: where given (inference), an item that fails its checks is skipped and its message appended here
+            instead of raised; the file's structure (JSON, anatomies, splits) is still checked strictly.
 
     Returns:
         items with keys ``image`` (absolute path), ``anatomy``, ``domain``, ``size`` (network input ``[W, H]``),
@@ -145,11 +149,17 @@ def load_datalist(
             raise DatalistError(f"datalist {datalist_path}: split {s!r} must be a list of items.")
         for i, raw in enumerate(data[s]):
             where = f"datalist {datalist_path}, {s}[{i}]"
-            item = _validate_item(raw, where, root, anatomies, require_landmarks, check_images, spacings)
-            item["split"] = s
-            key = item["image"]
-            if key in seen:
-                raise DatalistError(f"{where}: image {key} is listed twice (also at {seen[key]}).")
+            try:
+                item = _validate_item(raw, where, root, anatomies, require_landmarks, check_images, spacings)
+                item["split"] = s
+                key = item["image"]
+                if key in seen:
+                    raise DatalistError(f"{where}: image {key} is listed twice (also at {seen[key]}).")
+            except DatalistError as e:
+                if errors is None:
+                    raise
+                errors.append(str(e))
+                continue
             seen[key] = f"{s}[{i}]"
             items.append(item)
     return items
@@ -208,15 +218,26 @@ def inference_items(
     anatomy: str | None = None,
     datalist_path: str | None = None,
     split: str = "test",
+    errors: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Items to run inference on: ``images`` of one ``anatomy``, or else a datalist split (landmarks optional)."""
+    """Items to run inference on: ``images`` of one ``anatomy``, or else a datalist split (landmarks optional).
+
+    ``errors``: where given, an image that fails its checks is skipped and its message appended (see ``load_datalist``).
+    """
     if images:
         if not anatomy:
             raise DatalistError(f"inference on {len(images)} image(s) needs an anatomy (one of {anatomies.names}).")
-        return [
-            _validate_item({"image": os.path.abspath(p), "anatomy": anatomy}, f"input image {i}", "", anatomies, False, True)
-            for i, p in enumerate(images)
-        ]
+        items = []
+        for i, p in enumerate(images):
+            try:
+                items.append(
+                    _validate_item({"image": os.path.abspath(p), "anatomy": anatomy}, f"input image {i}", "", anatomies, False, True)
+                )
+            except DatalistError as e:
+                if errors is None or "unknown anatomy" in str(e):
+                    raise
+                errors.append(str(e))
+        return items
     if not datalist_path:
         raise DatalistError("inference needs input images (with their anatomy) or a datalist.")
-    return load_datalist(datalist_path, split, anatomies=anatomies, require_landmarks=False)
+    return load_datalist(datalist_path, split, anatomies=anatomies, require_landmarks=False, errors=errors)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .durable import replace_durably, umask
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "atomic_folder",
@@ -49,35 +51,13 @@ def image_stem(path: str) -> str:
     return name[: -len(suffix)] if suffix else os.path.splitext(name)[0]
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux tells it (``os.umask`` sets as it reads)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path`` to write to; it replaces ``path`` only once written whole.
 
     The temporary name keeps the extension, so writers that infer the format from it (PIL, matplotlib) work.
-    On success the file is synced to disk, given the mode a new file would get (``0o666`` less the umask;
-    ``mkstemp`` makes it private) and renamed over ``path``; on failure it is removed and ``path`` is untouched.
+    On success :func:`~scripts.durable.replace_durably` commits it (fsync, the mode a new file would get, rename,
+    folder fsync); on failure it is removed and ``path`` is untouched.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -85,9 +65,7 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        _fsync(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -105,7 +83,7 @@ def atomic_folder(path: str) -> Iterator[str]:
     old = tmp + "_old"
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~umask())
         if os.path.exists(path):
             os.replace(path, old)  # out of the way first: a folder cannot be renamed over a full one
         try:

@@ -73,7 +73,7 @@ class SaveLandmarksd(MapTransform):
         d = dict(data)
         original = d[self.original_key]
         source = _source(original)
-        stem = image_stem(source)
+        stem = str(d.get("output_name") or image_stem(source))  # unique per input (scripts.inputs.output_names)
         anatomy = self.anatomies[str(d["anatomy"])]
         spacing, spacing_source = item_spacing(d, source, anatomy)
         w, h = (int(s) for s in original.shape[-2:])
