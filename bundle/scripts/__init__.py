@@ -14,6 +14,18 @@ from .datalist import (
 from .datasets import PreparedAnatomy, PrepareError, prepare_generic, prepare_hand, prepare_isbi2015, prepare_shenzhen
 from .datasets.demo import ensure_demo, generate_demo
 from .deploy import DeployGU2Net, export_onnx, fold_batch_norm
+from .distributed import (
+    BroadcastBuffers,
+    DistributedLandmarkErrorMetric,
+    check_distributed_settings,
+    finalize_distributed,
+    init_distributed,
+    local_device,
+    rank,
+    rank_zero_only,
+    tracking_store_first,
+    world_size,
+)
 from .gu2net import GU2Net
 from .heatmaps import DecodeLandmarksd, LandmarkHeatmap, LandmarkHeatmapd, decode_heatmaps, grid_to_original
 from .image_io import read_image_header
@@ -24,5 +36,5 @@ from .metrics import LandmarkErrorMetric, radial_errors, summarize_anatomy, summ
 from .outputs import SaveLandmarksd, SaveOverlayd, overlay_image
 from .reports import EvaluationReport, MLFlowReportHandler, format_metrics_table, write_metrics_json
 from .runtime import keep_freed_memory
-from .sampling import AnatomyBatchSampler, anatomy_dataloader
+from .sampling import AnatomyBatchSampler, SetSamplerEpoch, anatomy_dataloader
 from .tracking import mlflow_handler
