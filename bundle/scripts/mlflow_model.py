@@ -211,7 +211,7 @@ def log_landmark_model(
     anatomies = AnatomySet.from_checkpoint(ckpt_path)
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=GU2NetLandmarkModel(),
+        python_model=os.path.join(BUNDLE_ROOT, "scripts", "mlflow_pyfunc.py"),  # models from code: no pickle
         artifacts={
             "checkpoint": os.path.abspath(ckpt_path),
             "inference_config": config_file or os.path.join(BUNDLE_ROOT, "configs", "inference.yaml"),
