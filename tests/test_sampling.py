@@ -1,4 +1,8 @@
-from scripts.sampling import AnatomyBatchSampler
+import pytest
+from ignite.engine import Engine, Events
+from torch.utils.data import DataLoader
+
+from scripts.sampling import AnatomyBatchSampler, SetSamplerEpoch
 
 
 def items(domains: list[int]) -> list[dict]:
@@ -72,7 +76,25 @@ def test_replicas_pad_like_distributed_sampler_or_drop():
 
 
 def test_evaluation_split_needs_a_batch_per_rank():
-    import pytest
-
     with pytest.raises(ValueError, match="every rank needs at least one"):
         AnatomyBatchSampler(items([0, 0]), 2, shuffle=False, num_replicas=2, rank=0, even_divisible=False)
+
+
+def test_the_engine_sets_the_epoch_so_a_resumed_run_continues_its_order():
+    domains = [0] * 6 + [1] * 6
+    data = items(domains)
+
+    def run(resume_at: int = 0) -> list:
+        loader = DataLoader(data, batch_sampler=AnatomyBatchSampler(data, 2, seed=4), collate_fn=lambda b: [x["image"] for x in b])
+        engine = Engine(lambda e, batch: batch)
+        SetSamplerEpoch().attach(engine)
+        seen: list = []
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append((e.state.epoch, e.state.output)))
+        if resume_at:  # as ResumeFromLatest restores the trainer's counters
+            engine.load_state_dict({"epoch": resume_at, "max_epochs": 3, "epoch_length": len(loader)})
+        engine.run(loader, max_epochs=3)
+        return seen
+
+    full = run()
+    assert len({str([b for e, b in full if e == k]) for k in (1, 2, 3)}) == 3  # a fresh order each epoch
+    assert run(resume_at=2) == [s for s in full if s[0] == 3]
