@@ -138,8 +138,7 @@ def test_epoch_checkpoints_are_pruned_on_disk_after_a_restart(tmp_path):
 def test_a_resumed_run_draws_the_batch_order_of_an_uninterrupted_one():
     from monai.data import Dataset
 
-    from scripts.checkpoints import SamplerEpoch
-    from scripts.sampling import anatomy_dataloader
+    from scripts.sampling import SetSamplerEpoch, anatomy_dataloader
 
     data = [{"domain": i % 2, "i": i} for i in range(12)]
 
@@ -150,7 +149,7 @@ def test_a_resumed_run_draws_the_batch_order_of_an_uninterrupted_one():
         engine.add_event_handler(Events.EPOCH_STARTED, lambda e: seen.append([]))
         if resume_after:
             engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "epoch", resume_after))
-        SamplerEpoch(loader).attach(engine)
+        SetSamplerEpoch().attach(engine)
         engine.run(loader, max_epochs=epochs)
         return seen
 

@@ -4,7 +4,7 @@ from .add_anatomy import grow_network, most_similar_anatomy, trainable_parameter
 from .anatomies import Anatomy, AnatomySet
 from .baselines import mean_shape, mean_shape_baseline
 from .checkpoint_saver import AtomicDiskSaver, SafeCheckpointSaver, read_best_score
-from .checkpoints import CheckedCheckpointLoader, CheckpointError, ResumeFromLatest, SamplerEpoch, read_checkpoint
+from .checkpoints import CheckedCheckpointLoader, CheckpointError, ResumeFromLatest, read_checkpoint
 from .datalist import (
     DatalistError,
     inference_items,
@@ -18,6 +18,18 @@ from .datasets.demo import ensure_demo, generate_demo
 from .deploy import DeployGU2Net, export_onnx, fold_batch_norm
 from .durable import replace_durably, save_torch_atomic
 from .errors import BundleError, error_summary, install_error_hook
+from .distributed import (
+    BroadcastBuffers,
+    DistributedLandmarkErrorMetric,
+    check_distributed_settings,
+    finalize_distributed,
+    init_distributed,
+    local_device,
+    rank,
+    rank_zero_only,
+    tracking_store_first,
+    world_size,
+)
 from .gu2net import GU2Net
 from .heatmaps import DecodeLandmarksd, LandmarkHeatmap, LandmarkHeatmapd, decode_heatmaps, grid_to_original
 from .image_io import read_image_header
@@ -38,5 +50,5 @@ from .overlays import confidence_colour, overlay_image
 from .reports import EvaluationReport
 from .run_lock import RunLockError, lock_output_dir
 from .runtime import keep_freed_memory
-from .sampling import AnatomyBatchSampler, anatomy_dataloader
+from .sampling import AnatomyBatchSampler, SetSamplerEpoch, anatomy_dataloader
 from .tracking import MLFlowReportHandler, TrackingError, check_tracking, mlflow_handler

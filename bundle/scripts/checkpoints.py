@@ -19,7 +19,7 @@ from monai.handlers import CheckpointLoader
 
 from .errors import BundleError, as_flag
 
-__all__ = ["CheckpointError", "read_checkpoint", "CheckedCheckpointLoader", "ResumeFromLatest", "SamplerEpoch"]
+__all__ = ["CheckpointError", "read_checkpoint", "CheckedCheckpointLoader", "ResumeFromLatest"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,22 +104,3 @@ class ResumeFromLatest:
             engine.logger.info(f"Resumed from {path} (epoch {engine.state.epoch}, iteration {engine.state.iteration}).")
             return
 
-
-class SamplerEpoch:
-    """At every ``EPOCH_STARTED``, tell the loader's sampler which epoch this is (``set_epoch(epoch - 1)``).
-
-    The anatomy batch sampler draws each epoch's order from its seed and an epoch counter that it advances
-    itself; a resumed run would restart that counter at 0 and replay epoch 1's batch order. Setting it from the
-    trainer's epoch makes epoch N's order the same whether or not the run was interrupted.
-    """
-
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        sampler = getattr(self.loader, "batch_sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(engine.state.epoch - 1)  # the sampler counts epochs from 0
