@@ -116,12 +116,14 @@ def output_names(paths: Sequence[str]) -> tuple[list[str], str]:
     folders = [os.path.dirname(os.path.abspath(p)) for p in paths]
     common = os.path.commonpath(folders) if folders else ""
     names = [os.path.normpath(os.path.join(os.path.relpath(f, common), stem)) for f, (stem, _) in zip(folders, split)]
-    note = f"input file names repeat, so outputs keep the inputs' folders below {common}"
+    notes = []
+    if any(os.sep in n for n in names):
+        notes.append(f"outputs keep the inputs' folders below {common}")
     counts = Counter(names)
     if any(c > 1 for c in counts.values()):
         names = [n + "_" + ext.lstrip(".").replace(".", "_") if counts[n] > 1 else n for n, (_, ext) in zip(names, split)]
-        note += "; where only the extension differs it is appended to the name (e.g. full_png, full_jpg)"
-    return names, note + "."
+        notes.append("where only the extension differs, it is appended to the name (e.g. full_png, full_jpg)")
+    return names, "input file names repeat, so " + "; ".join(notes) + "."
 
 
 def inference_inputs(

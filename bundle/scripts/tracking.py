@@ -9,8 +9,8 @@ handler that logs a run's files and folders with their layout, and tracking that
   gone, network down, database locked) is logged once as a warning; from then on that run's metrics, parameters
   and the list of artifacts not uploaded go to a JSON-lines file (``tracking_fallback.jsonl`` under ``output_dir``)
   and the run goes on. MLflow's HTTP retries are bounded (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` 2,
-  ``MLFLOW_HTTP_REQUEST_TIMEOUT`` 20 s unless set in the environment), so the one failing call stalls seconds, not
-  minutes.
+  ``MLFLOW_HTTP_REQUEST_TIMEOUT`` 20 s unless set in the environment), so the one failing call stalls a few seconds
+  when the server is gone (connection refused), at most about a minute when it stops answering, never minutes.
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ class _Fallback:
     def __init__(self, uri: str, run_name: str | None, path: str | None) -> None:
         self.uri, self.run_name, self.path = uri, run_name, path
         self.failed = False
+        self.params: dict[str, Any] = {}  # parameters already written (each validation re-logs its own)
 
     def fail(self, exc: BaseException, event: str) -> None:
         if self.failed:
@@ -159,7 +160,10 @@ def _degrade(handler: MLFlowHandler, fb: _Fallback) -> MLFlowHandler:
         fb.write("metrics", flatten_dict(dict(metrics)), step or 0)
 
     def log_params(params: Mapping[str, Any]) -> None:
-        fb.write("params", params)
+        new = {k: v for k, v in params.items() if fb.params.get(k, object()) != v}
+        if new:
+            fb.params.update(new)
+            fb.write("params", new)
 
     def start(engine: Any) -> None:
         if handler.experiment_param:
