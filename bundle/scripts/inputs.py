@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from .anatomies import AnatomySet
 from .datalist import DatalistError, inference_items
 from .errors import BundleError, as_flag
+from .files import image_stem
 from .image_io import read_image_header
 
 __all__ = [
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 MIN_IMAGE_SIZE = 32  # px per side; below it an image is refused (a 1x1 image gave a landmark outside it)
 ENLARGE_WARNING = 4.0  # an image enlarged more than this to the network input gets a warning
 # what SaveLandmarksd strips from a file name (the longest first: .nii.gz before .gz)
-IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".mha", ".mhd", ".nrrd", ".tif", ".tiff")
 
 
 class InputError(BundleError):
@@ -95,11 +95,9 @@ def _check_size(item: dict[str, Any], anatomies: AnatomySet, min_size: int) -> N
 
 
 def _strip_extension(name: str) -> tuple[str, str]:
-    for ext in IMAGE_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)], name[-len(ext) :]
-    stem, ext = os.path.splitext(name)
-    return stem, ext
+    """``name`` split into its stem and its image suffix (``scripts.files.image_stem``'s rule)."""
+    stem = image_stem(name)
+    return stem, name[len(stem) :]
 
 
 def output_names(paths: Sequence[str]) -> tuple[list[str], str]:
