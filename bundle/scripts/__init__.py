@@ -1,6 +1,7 @@
 """GU2Net universal landmark detection: the bundle's custom Python, re-exported for the configs."""
 
 from .anatomies import Anatomy, AnatomySet
+from .augmentation import RandCropResized, RandFramingAffined, RandInvertIntensityd, choose_augmentation
 from .baselines import mean_shape, mean_shape_baseline
 from .checkpoints import CheckedCheckpointLoader, CheckpointError, ResumeFromLatest, read_checkpoint
 from .datalist import (
