@@ -15,6 +15,7 @@ from .datalist import (
 from .datasets import PreparedAnatomy, PrepareError, prepare_generic, prepare_hand, prepare_isbi2015, prepare_shenzhen
 from .datasets.demo import ensure_demo, generate_demo
 from .deploy import DeployGU2Net, export_onnx, fold_batch_norm
+from .ema import WeightEMA
 from .gu2net import GU2Net
 from .heatmaps import DecodeLandmarksd, LandmarkHeatmap, LandmarkHeatmapd, decode_heatmaps, grid_to_original
 from .image_io import read_image_header
