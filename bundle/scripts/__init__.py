@@ -24,6 +24,7 @@ from .landmark_transforms import PointsInImaged, ResizeToSized, ToGray2D, ToGray
 from .losses import HeatmapBCELoss
 from .metrics import LandmarkErrorMetric, radial_errors, summarize_anatomy, summarize_errors
 from .outputs import SaveLandmarksd, SaveOverlayd, overlay_image
+from .review import ChooseReviewThresholds, FlagReviewd, ReviewThresholds
 from .reports import EvaluationReport, MLFlowReportHandler, format_metrics_table, write_metrics_json
 from .runtime import keep_freed_memory
 from .sampling import AnatomyBatchSampler, anatomy_dataloader

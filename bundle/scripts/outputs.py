@@ -16,6 +16,7 @@ from monai.transforms import MapTransform
 from PIL import Image, ImageDraw, ImageFont
 
 from .anatomies import AnatomySet
+from .review import review_fields
 
 __all__ = ["atomic_path", "overlay_image", "write_json_atomic", "SaveLandmarksd", "SaveOverlayd"]
 
@@ -112,7 +113,8 @@ class SaveLandmarksd(MapTransform):
     """Write ``<output_dir>/<image stem>.json`` and ``<stem>_overlay.png`` for one decoded item.
 
     The JSON holds the anatomy, the original image's size and, per landmark, its name, ``x``, ``y`` in the
-    original image's pixels and the confidence.
+    original image's pixels and the confidence; where the item was flagged and its orientation chosen, each
+    landmark's ``review`` and the image's ``mirrored`` (:func:`~scripts.review.review_fields`).
     """
 
     def __init__(
@@ -155,6 +157,7 @@ class SaveLandmarksd(MapTransform):
                     for n, p, c in zip(anatomy.landmarks, pts, conf)
                 ],
             }
+            result.update(review_fields(d, result["landmarks"]))
             write_json_atomic(result, os.path.join(self.output_dir, f"{stem}.json"))
             if self.overlay:
                 overlay_image(original, pts, conf).save(os.path.join(self.output_dir, f"{stem}_overlay.png"))

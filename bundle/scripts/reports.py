@@ -21,6 +21,7 @@ from monai.handlers import MLFlowHandler
 from .anatomies import AnatomySet
 from .metrics import LandmarkErrorMetric
 from .outputs import atomic_path, overlay_image, write_json_atomic
+from .review import review_sentence
 
 __all__ = [
     "format_metrics_table",
@@ -35,7 +36,7 @@ __all__ = [
 
 PREDICTION_COLUMNS = (
     "image", "anatomy", "split", "landmark", "pred_x", "pred_y", "true_x", "true_y",
-    "spacing_x", "spacing_y", "unit", "error", "confidence",
+    "spacing_x", "spacing_y", "unit", "error", "confidence", "review", "mirrored",
 )  # fmt: skip
 
 
@@ -99,6 +100,7 @@ def write_predictions_csv(records: Sequence[Mapping[str, Any]], anatomies: Anato
                     [r["image"], r["anatomy"], r["split"], name]
                     + [_number(v) for v in (*r["pred"][k], *r["true"][k], *r["spacing"])]
                     + [r["unit"], _number(r["errors"][k]), _number(float(r["confidence"][k]))]
+                    + ["" if r.get("review") is None else str(bool(r["review"][k])).lower(), str(bool(r.get("mirrored"))).lower()]
                 )
                 rows += 1
     return rows
@@ -220,6 +222,10 @@ def _anatomy_section(
         "|---" * (3 + len(radii)) + "|",
     ]
     lines += [f"| {label} | {_cells(f, radii)} |" for label, f in rows.items()]
+    if v.get("review"):
+        lines += ["", review_sentence(v["review"], unit)]
+    if v.get("mirrored_images"):
+        lines += ["", f"{v['mirrored_images']} of {v['images']} images were read as left-right mirrored."]
     if figure:
         lines += ["", f"![cumulative error distribution, {name}]({figure})"]
     lines += [
