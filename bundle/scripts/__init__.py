@@ -23,6 +23,7 @@ from .inferers import DeployInferer
 from .landmark_transforms import PointsInImaged, ResizeToSized, ToGray2D, ToGray2Dd
 from .losses import HeatmapBCELoss
 from .metrics import LandmarkErrorMetric, radial_errors, summarize_anatomy, summarize_errors
+from .mirroring import MirrorInferer, SelectOrientationd
 from .outputs import SaveLandmarksd, SaveOverlayd, overlay_image
 from .review import ChooseReviewThresholds, FlagReviewd, ReviewThresholds
 from .reports import EvaluationReport, MLFlowReportHandler, format_metrics_table, write_metrics_json
