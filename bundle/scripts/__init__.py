@@ -29,4 +29,5 @@ from .review import ChooseReviewThresholds, FlagReviewd, ReviewThresholds
 from .reports import EvaluationReport, MLFlowReportHandler, format_metrics_table, write_metrics_json
 from .runtime import keep_freed_memory
 from .sampling import AnatomyBatchSampler, anatomy_dataloader
+from .shifts import ImageShiftd
 from .tracking import mlflow_handler
