@@ -2,6 +2,7 @@
 
 from .add_anatomy import grow_network, most_similar_anatomy, trainable_parameters
 from .anatomies import Anatomy, AnatomySet
+from .augmentation import RandCropResized, RandFramingAffined, RandInvertIntensityd, choose_augmentation
 from .baselines import mean_shape, mean_shape_baseline
 from .checkpoint_saver import AtomicDiskSaver, SafeCheckpointSaver, read_best_score
 from .checkpoints import CheckedCheckpointLoader, CheckpointError, ResumeFromLatest, read_checkpoint
@@ -30,6 +31,7 @@ from .distributed import (
     tracking_store_first,
     world_size,
 )
+from .ema import WeightEMA
 from .gu2net import GU2Net
 from .heatmaps import DecodeLandmarksd, LandmarkHeatmap, LandmarkHeatmapd, decode_heatmaps, grid_to_original
 from .image_io import read_image_header
@@ -45,10 +47,13 @@ from .metrics import (
     summarize_errors,
     write_metrics_json,
 )
+from .mirroring import MirrorInferer, SelectOrientationd
 from .outputs import SaveLandmarksd, SaveOverlayd
 from .overlays import confidence_colour, overlay_image
 from .reports import EvaluationReport
+from .review import ChooseReviewThresholds, FlagReviewd, ReviewThresholds
 from .run_lock import RunLockError, lock_output_dir
 from .runtime import keep_freed_memory
 from .sampling import AnatomyBatchSampler, SetSamplerEpoch, anatomy_dataloader
+from .shifts import ImageShiftd
 from .tracking import MLFlowReportHandler, TrackingError, check_tracking, mlflow_handler

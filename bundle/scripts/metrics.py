@@ -17,6 +17,7 @@ from ignite.metrics import Metric
 
 from .anatomies import Anatomy, AnatomySet
 from .files import write_json_atomic
+from .review import review_figures
 
 __all__ = [
     "radial_errors",
@@ -131,6 +132,10 @@ class LandmarkErrorMetric(Metric):
                     "spacing": spacing,
                     "confidence": np.asarray(item.get("pred_confidence", np.full(len(pred), np.nan))),
                     "errors": radial_errors(pred, true, spacing),
+                    # the review flag (scripts/review.py) and the orientation (scripts/mirroring.py), where decoded
+                    "review": None if item.get("pred_review") is None else np.asarray(item["pred_review"], dtype=bool),
+                    "review_threshold": float(item.get("review_threshold", np.nan)),
+                    "mirrored": bool(item.get("pred_mirrored", False)),
                 }
             )
 
@@ -148,6 +153,13 @@ class LandmarkErrorMetric(Metric):
             if sources:
                 entry["spacing_source"] = "; ".join(sources)  # which rule gave the mm (e.g. the hand's wrist width)
             entry.update(summarize_anatomy(np.stack([r["errors"] for r in recs]), anatomy))
+            entry["mirrored_images"] = sum(r.get("mirrored", False) for r in recs)
+            if all(r.get("review") is not None for r in recs):
+                entry["review"] = {
+                    "threshold": sorted({r["review_threshold"] for r in recs})[-1],
+                    **review_figures(np.stack([r["errors"] for r in recs]), np.stack([r["review"] for r in recs]),
+                                     max(anatomy.sdr_radii)),
+                }  # fmt: skip
             splits = sorted({r["split"] for r in recs})
             if len(splits) > 1:
                 entry["per_split"] = {

@@ -16,6 +16,7 @@ from .files import image_stem, write_image_atomic, write_json_atomic
 from .image_io import read_gray_image, read_image_header
 from .landmark_rules import NO_SPACING, parse_spacing, resolve_spacing
 from .overlays import REVIEW_THRESHOLD, overlay_image
+from .review import review_fields
 
 __all__ = ["SaveLandmarksd", "SaveOverlayd", "item_spacing"]
 
@@ -48,7 +49,8 @@ class SaveLandmarksd(MapTransform):
     none is known; see :func:`item_spacing`) with ``spacing_source``, and per landmark its name, ``x``, ``y`` in
     the original image's pixels, with a spacing ``x_mm``, ``y_mm`` (the distances from the top-left pixel's
     centre along each axis), and the confidence. The overlay colours points by confidence around
-    ``confidence_threshold`` (:func:`~scripts.overlays.confidence_colour`).
+    ``confidence_threshold`` (:func:`~scripts.overlays.confidence_colour`). Where the item was flagged and its
+    orientation chosen, each landmark's ``review`` and the image's ``mirrored`` (:func:`~scripts.review.review_fields`).
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class SaveLandmarksd(MapTransform):
                 "x_mm, y_mm: x, y times the spacing, mm from the top-left pixel's centre",
                 "landmarks": landmarks,
             }
+            result.update(review_fields(d, result["landmarks"]))
             write_json_atomic(result, os.path.join(self.output_dir, f"{stem}.json"))
             if self.overlay:
                 picture = overlay_image(original, pts, conf, threshold=self.confidence_threshold)

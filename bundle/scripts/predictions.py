@@ -19,7 +19,7 @@ __all__ = ["PREDICTION_COLUMNS", "write_predictions_csv", "worst_cases"]
 
 PREDICTION_COLUMNS = (
     "image", "anatomy", "split", "landmark", "pred_x", "pred_y", "true_x", "true_y",
-    "spacing_x", "spacing_y", "unit", "error", "confidence",
+    "spacing_x", "spacing_y", "unit", "error", "confidence", "review", "mirrored",
 )  # fmt: skip
 
 
@@ -45,6 +45,7 @@ def write_predictions_csv(records: Sequence[Mapping[str, Any]], anatomies: Anato
                     [r["image"], r["anatomy"], r["split"], name]
                     + [_number(v) for v in (*r["pred"][k], *r["true"][k], *r["spacing"])]
                     + [r["unit"], _number(r["errors"][k]), _number(float(r["confidence"][k]))]
+                    + ["" if r.get("review") is None else str(bool(r["review"][k])).lower(), str(bool(r.get("mirrored"))).lower()]
                 )
                 rows += 1
     return rows

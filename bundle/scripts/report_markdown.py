@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .review import review_sentence
+
 __all__ = ["format_report_markdown"]
 
 
@@ -91,6 +93,10 @@ def _anatomy_section(
         "|---" * (3 + len(radii)) + "|",
     ]
     lines += [f"| {label} | {_cells(f, radii)} |" for label, f in rows.items()]
+    if v.get("review"):
+        lines += ["", review_sentence(v["review"], unit)]
+    if v.get("mirrored_images"):
+        lines += ["", f"{v['mirrored_images']} of {v['images']} images were read as left-right mirrored."]
     if figure:
         lines += ["", f"![cumulative error distribution, {name}]({figure})"]
     lines += [
