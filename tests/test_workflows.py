@@ -143,6 +143,11 @@ def test_evaluate_writes_the_report_and_logs_it_to_mlflow(trained):
     assert metrics["_run"]["split"] == ["validation", "test"] and metrics["_run"]["decoder"] == "gaussian"
     rows = open(os.path.join(out, "predictions.csv")).read().splitlines()
     assert len(rows) == 1 + 4 * (19 + 37 + 6 + 10)
+    assert rows[0].endswith(",review,mirrored") and all(r.split(",")[-2] in ("true", "false") for r in rows[1:])
+    # the review flag's threshold was chosen on validation and saved with the checkpoint
+    assert {"threshold", "recall", "precision"} <= set(metrics["head"]["review"]) and "mirrored_images" in metrics["head"]
+    chosen = metrics["_run"]["review_thresholds"]
+    assert "head 0." in chosen and "validation (recall >= 95 %" in chosen
     report = open(os.path.join(out, "report.md")).read()
     assert "## head" in report and "mean-shape baseline" in report and "### Worst cases" in report
     assert sorted(os.listdir(os.path.join(out, "figures"))) == [f"ced_{a}.png" for a in ("chest", "hand", "head", "pelvis")]
@@ -170,6 +175,8 @@ def test_inference_writes_original_space_json_and_overlay(trained):
     ys = [p["y"] for p in result["landmarks"]]
     assert min(xs) >= -0.5 and max(xs) <= 175.5 and min(ys) >= -0.5 and max(ys) <= 255.5
     assert all(0.0 < p["confidence"] < 1.0 for p in result["landmarks"])  # the peak of a product of two sigmoids
+    assert all(p["review"] == (p["confidence"] < result["review_threshold"]) for p in result["landmarks"])
+    assert result["mirrored"] in (True, False) and set(result["orientation_confidence"]) == {"as_given", "mirrored"}
     assert os.path.getsize(os.path.join(out, "hand_005_overlay.png")) > 0
 
 

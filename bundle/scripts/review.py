@@ -158,6 +158,11 @@ class ReviewThresholds:
             self.details[anatomy.name] = details
         return {a.name: self.threshold(a.name) for a in anatomies}
 
+    def describe(self) -> str:
+        """One line for reports: each anatomy's threshold and its source, and the default."""
+        own = [f"{name} {t:.3f} ({self.source(name)})" for name, t in self.thresholds.items()]
+        return "; ".join(own + [f"default {self.default:g} for any other anatomy"])
+
     def state_dict(self) -> dict[str, Any]:
         return {"default": self.default, "thresholds": dict(self.thresholds), "details": {k: dict(v) for k, v in self.details.items()}}
 
