@@ -101,7 +101,9 @@ class SaveLandmarksd(MapTransform):
             result.update(review_fields(d, result["landmarks"]))
             write_json_atomic(result, os.path.join(self.output_dir, f"{stem}.json"))
             if self.overlay:
-                picture = overlay_image(original, pts, conf, threshold=self.confidence_threshold)
+                # colours around the item's review threshold (scripts.review.FlagReviewd) where it was flagged
+                threshold = float(d.get("review_threshold", self.confidence_threshold))
+                picture = overlay_image(original, pts, conf, threshold=threshold)
                 write_image_atomic(picture, os.path.join(self.output_dir, f"{stem}_overlay.png"))
         return d
 
