@@ -134,7 +134,10 @@ def test_training_run_params_metrics_and_model_on_the_server(tracked):
     assert {"train_loss", "epoch_loss", "val_mre"} <= metrics
     assert {f"val_mre_{a}_MRE" for a in ("head", "hand", "chest", "pelvis")} <= metrics
     files = {f["path"] for f in rest(url, "/api/2.0/mlflow/artifacts/list", run_id=run_id)["files"]}
-    assert "model.pt" in files  # the checkpoint, beside the validation overlays
+    # the checkpoint and the validation overlays keep their folders under output_dir (MLFlowReportHandler)
+    assert {"models", "val_overlays"} <= files
+    models = {f["path"] for f in rest(url, "/api/2.0/mlflow/artifacts/list", run_id=run_id, path="models")["files"]}
+    assert "models/model.pt" in models
     # the MLflow model: logged from the run, with its files on the server's artifact store, registered
     (output,) = run["outputs"]["model_outputs"]
     model = rest(url, f"/api/2.0/mlflow/logged-models/{output['model_id']}")["model"]["info"]

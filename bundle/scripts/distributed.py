@@ -123,7 +123,10 @@ def rank_zero_only(handlers: Sequence[Any] | None, types: tuple[type, ...] = RAN
 
 
 class BroadcastBuffers:
-    """Evaluator handler: at ``STARTED``, every rank takes rank 0's buffers (batch-norm running statistics).
+    """Evaluator handler: at ``EPOCH_STARTED``, every rank takes rank 0's buffers (batch-norm running statistics).
+
+    ``EPOCH_STARTED`` comes after every ``STARTED`` handler, so the copy also covers weights swapped in there (the
+    EMA's average, whose buffers each rank averaged from its own batches).
 
     DDP keeps the parameters equal on every rank, but each rank's forward pass updates its batch-norm
     statistics from its own samples (DDP copies rank 0's only at the start of the next training forward pass).
@@ -137,7 +140,7 @@ class BroadcastBuffers:
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.STARTED, self)
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Any = None) -> None:
         if world_size() > 1:

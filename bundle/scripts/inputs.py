@@ -197,9 +197,11 @@ def check_training_data(
     anatomies: AnatomySet,
     training: Sequence[dict[str, Any]],
     validation: Sequence[dict[str, Any]],
+    require_validation: bool = True,
 ) -> None:
-    """Refuse an anatomy with no training item (the network would answer for it untrained) and an empty validation
-    split (no best model, which evaluation and inference load); warn for an anatomy with no validation item."""
+    """Refuse an anatomy with no training item (the network would answer for it untrained) and, where
+    ``require_validation``, an empty validation split (no best model, which evaluation and inference load); warn
+    for an anatomy with no validation item."""
     counts = Counter(it["anatomy"] for it in training)
     untrained = [a for a in anatomies.names if not counts[a]]
     if untrained:
@@ -208,7 +210,7 @@ def check_training_data(
             "no item in 'training': the network would answer for it untrained. Add training items for it, or remove "
             "it from 'anatomies'."
         )
-    if not validation:
+    if not validation and as_flag(require_validation, "require_validation"):
         raise DatalistError(
             f"datalist {datalist_path}: 'validation' is empty: training chooses the best model (models/model.pt, "
             "which evaluation and inference load) on the validation images. Add validation items (e.g. move a few "

@@ -286,6 +286,9 @@ class LandmarkTrainTask(TrainTask):
             "batch_size": int(request.get("train_batch_size", 4)),
             "val_interval": int(request.get("val_interval", 1)) if has_validation else max_epochs + 1,
             "resume": False,
+            # the served anatomies stay in the network; this run trains those the labels hold
+            "trained_anatomies": "$scripts.AnatomySet([a for a in @anatomies if a.name in {d['anatomy'] for d in @train#datalist}])",
+            "require_validation": has_validation,
             **self.model.overrides,
         }
         logger.info(f"training with {bundle_config_files(self.model.bundle_dir, train=True)} and {overrides}")
