@@ -29,6 +29,7 @@ from typing import Any
 import mlflow
 import mlflow.pyfunc
 import numpy as np
+import torch
 from ignite.engine import Engine, Events
 from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Object, Property, Schema
@@ -77,7 +78,6 @@ class LandmarkPredictor:
     """
 
     def __init__(self, config_file: str, ckpt_path: str, overrides: Mapping[str, Any] | None = None) -> None:
-        import torch
         from monai.bundle import ConfigParser
 
         from .checkpoints import read_checkpoint
@@ -98,7 +98,6 @@ class LandmarkPredictor:
         self.prepare_batch = parser.get_parsed_content("prepare_batch")
         self.inferer = parser.get_parsed_content("inferer")
         self.decode = parser.get_parsed_content("decode")
-        self._torch = torch
 
     def predict(self, image: Any, anatomy: str) -> dict[str, Any]:
         """Landmarks of one image (a path, or an ``H x W`` array / nested list) of ``anatomy``."""
@@ -106,13 +105,12 @@ class LandmarkPredictor:
 
         from .datalist import inference_items
 
-        torch = self._torch
         with tempfile.TemporaryDirectory(dir=self._tmp.name) as folder:
             path, source = self._image_file(image, folder)
             (item,) = inference_items(self.anatomies, [path], str(anatomy))
             batch = list_data_collate([self.preprocessing(item)])
             inputs, _, args, kwargs = self.prepare_batch(batch, self.device, False)
-            with torch.no_grad(), torch.autocast("cuda", enabled=self.amp and self.device.type == "cuda"):
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):
                 pred = self.inferer(inputs, self.network, *args, **kwargs)
             data = {**decollate_batch(batch)[0], "pred": decollate_batch(pred)[0]}
             out = self.decode(data)
