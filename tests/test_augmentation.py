@@ -85,16 +85,21 @@ def test_framing_zoom_is_isotropic_and_within_its_range():
     assert 0.7 - 1e-6 <= min(zooms) < 0.85 and 1.2 < max(zooms) <= 1.35 + 1e-6
 
 
-def test_the_robust_config_moves_landmarks_with_the_image(monkeypatch):
-    """train.yaml's ``augment_robust`` list, every spatial transform on: the training pipeline's round trip."""
+def _robust_transforms(spatial: float, intensity: float) -> Compose:
+    """train.yaml's random transforms with every spatial and every intensity transform at the given probability."""
     from monai.bundle import ConfigParser
 
-    monkeypatch.chdir(BUNDLE)
     parser = ConfigParser()
     parser.read_config([os.path.join(BUNDLE, "configs", "train.yaml")])
-    parser.update({"framing_prob": 1.0, "crop_prob": 1.0, "invert_prob": 0.0, "gamma_prob": 0.0,
-                   "histogram_shift_prob": 0.0, "blur_prob": 0.0, "noise_prob": 0.0})  # fmt: skip
-    robust = Compose(parser.get_parsed_content("train#random_transforms"))
+    parser.update({"framing_prob": spatial, "crop_prob": spatial, **{k: intensity for k in (
+        "invert_prob", "gamma_prob", "histogram_shift_prob", "blur_prob", "noise_prob")}})  # fmt: skip
+    return Compose(parser.get_parsed_content("train#random_transforms"))
+
+
+def test_the_robust_config_moves_landmarks_with_the_image(monkeypatch):
+    """train.yaml's ``augment_robust`` list, every spatial transform on: the training pipeline's round trip."""
+    monkeypatch.chdir(BUNDLE)
+    robust = _robust_transforms(spatial=1.0, intensity=0.0)
     for seed in range(3):
         moved, found, back, _ = _round_trip(robust, seed)
         inside = _inside(moved, SIZE)
@@ -104,14 +109,8 @@ def test_the_robust_config_moves_landmarks_with_the_image(monkeypatch):
 
 
 def test_robust_intensity_transforms_keep_the_geometry_and_z_score(monkeypatch):
-    from monai.bundle import ConfigParser
-
     monkeypatch.chdir(BUNDLE)
-    parser = ConfigParser()
-    parser.read_config([os.path.join(BUNDLE, "configs", "train.yaml")])
-    parser.update({"framing_prob": 0.0, "crop_prob": 0.0, "invert_prob": 1.0, "gamma_prob": 1.0,
-                   "histogram_shift_prob": 1.0, "blur_prob": 1.0, "noise_prob": 1.0})  # fmt: skip
-    robust = Compose(parser.get_parsed_content("train#random_transforms"))
+    robust = _robust_transforms(spatial=0.0, intensity=1.0)
     robust.set_random_state(0)
     out = robust({"image": _peaks_image()})["image"]
     assert out.shape == (len(POINTS), *SIZE) and torch.equal(out.affine, _peaks_image().affine)
