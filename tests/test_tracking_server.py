@@ -67,9 +67,9 @@ def bundle(*args: str, env: dict) -> str:
     return proc.stdout + proc.stderr
 
 
-def rest(url: str, path: str, body: dict | None = None, **query) -> dict:
+def rest(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
     """The server's REST API (GET with ``query``, or POST ``body``)."""
-    full = url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+    full = url + endpoint + ("?" + urllib.parse.urlencode(query) if query else "")
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(full, data=data, headers={"Content-Type": "application/json"})
     return json.load(urllib.request.urlopen(request, timeout=60))
