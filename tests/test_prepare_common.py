@@ -57,7 +57,7 @@ def test_a_broken_existing_datalist_is_not_overwritten(tmp_path, image):
     with pytest.raises(PrepareError, match="not valid JSON"):
         write_datalist(str(tmp_path), _anatomy("knee", image))
     assert (tmp_path / "datalist.json").read_text() == "{broken"
-    assert [p for p in os.listdir(tmp_path) if p.startswith(".datalist")] == []
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary file left
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@ from PIL import Image
 
 from scripts.anatomies import Anatomy, AnatomySet
 from scripts.metrics import LandmarkErrorMetric
-from scripts.reports import EvaluationReport, MLFlowReportHandler
+from scripts.reports import EvaluationReport
+from scripts.tracking import MLFlowReportHandler
 
 ANATOMIES = AnatomySet(
     [
@@ -91,7 +92,7 @@ def test_predictions_csv_recomputes_every_figure(evaluated):
     assert len(rows) == 3 * 3 + 2
     assert list(rows[0]) == [
         "image", "anatomy", "split", "landmark", "pred_x", "pred_y", "true_x", "true_y",
-        "spacing_x", "spacing_y", "unit", "error", "confidence",
+        "spacing_x", "spacing_y", "unit", "error", "confidence", "review", "mirrored",
     ]  # fmt: skip
     missing = [r for r in rows if r["true_x"] == ""]
     assert len(missing) == 1 and missing[0]["landmark"] == "menton" and missing[0]["error"] == ""

@@ -109,11 +109,25 @@ def test_training_writes_checkpoints_and_an_mlflow_run(trained):
 
 def test_second_run_resumes_after_the_first_epoch(trained):
     assert "Resumed from" in trained["logs"][1] and "checkpoint_epoch=1.pt" in trained["logs"][1]
+    assert not any(n.startswith(".tmp_") for n in os.listdir(os.path.join(trained["out"], "models")))
     # one summary line per epoch (the epoch's mean loss): the second run trains epoch 2 only
     assert "Epoch[1] Metrics -- epoch_loss" not in trained["logs"][1]
     assert "Epoch[2] Metrics -- epoch_loss" in trained["logs"][1]
     # the recogniser is fitted once, in the first run; the second loads it with the rest
     assert "anatomy recogniser: " in trained["logs"][0] and "anatomy recogniser: " not in trained["logs"][1]
+
+
+def test_the_best_model_keeps_its_score_across_the_restart(trained):
+    """model.pt holds the lower val_mre of the two runs' validations: the second run compared against the first's."""
+    from scripts import read_best_score
+
+    _, runs = _mlflow(trained["out"])
+    first, second = sorted(runs, key=lambda r: r.info.start_time)
+    best = read_best_score(os.path.join(trained["out"], "models", "model.pt"))
+    assert best["metric"] == "val_mre"
+    assert best["value"] == pytest.approx(min(first.data.metrics["val_mre"], second.data.metrics["val_mre"]))
+    assert best["epoch"] == (1 if best["value"] == pytest.approx(first.data.metrics["val_mre"]) else 2)
+    assert "best model so far" in trained["logs"][1]  # the restart read the score back
 
 
 def test_evaluate_writes_the_report_and_logs_it_to_mlflow(trained):
@@ -136,6 +150,11 @@ def test_evaluate_writes_the_report_and_logs_it_to_mlflow(trained):
     assert metrics["_run"]["split"] == ["validation", "test"] and metrics["_run"]["decoder"] == "gaussian"
     rows = open(os.path.join(out, "predictions.csv")).read().splitlines()
     assert len(rows) == 1 + 4 * (19 + 37 + 6 + 10)
+    assert rows[0].endswith(",review,mirrored") and all(r.split(",")[-2] in ("true", "false") for r in rows[1:])
+    # the review flag's threshold was chosen on validation and saved with the checkpoint
+    assert {"threshold", "recall", "precision"} <= set(metrics["head"]["review"]) and "mirrored_images" in metrics["head"]
+    chosen = metrics["_run"]["review_thresholds"]
+    assert "head 0." in chosen and "validation (recall >= 95 %" in chosen
     report = open(os.path.join(out, "report.md")).read()
     assert "## head" in report and "mean-shape baseline" in report and "### Worst cases" in report
     assert "## Anatomy recognition" in report
@@ -167,6 +186,8 @@ def test_inference_writes_original_space_json_and_overlay(trained):
     ys = [p["y"] for p in result["landmarks"]]
     assert min(xs) >= -0.5 and max(xs) <= 175.5 and min(ys) >= -0.5 and max(ys) <= 255.5
     assert all(0.0 < p["confidence"] < 1.0 for p in result["landmarks"])  # the peak of a product of two sigmoids
+    assert all(p["review"] == (p["confidence"] < result["review_threshold"]) for p in result["landmarks"])
+    assert result["mirrored"] in (True, False) and set(result["orientation_confidence"]) == {"as_given", "mirrored"}
     assert os.path.getsize(os.path.join(out, "hand_005_overlay.png")) > 0
 
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .landmark_rules import parse_spacing
+
 __all__ = ["Anatomy", "AnatomySet", "DEFAULT_RADII_MM", "DEFAULT_RADII_PX"]
 
 DEFAULT_RADII_MM = (2.0, 2.5, 3.0, 4.0)
@@ -55,7 +57,7 @@ class Anatomy:
             raise ValueError(f"{where}: 'size' must be [W, H] with both divisible by 16, got {size!r}.")
         spacing = spec.get("spacing")
         if spacing is not None:
-            spacing = _spacing_pair(spacing, where)
+            spacing = parse_spacing(spacing, where)
         radii = spec.get("sdr_radii") or (DEFAULT_RADII_MM if spacing is not None else DEFAULT_RADII_PX)
         return cls(
             name=str(name),
@@ -71,17 +73,6 @@ class Anatomy:
             out["spacing"] = list(self.spacing)
         out["sdr_radii"] = list(self.sdr_radii)
         return out
-
-
-def _spacing_pair(value: Any, where: str) -> tuple[float, float]:
-    vals = [value, value] if isinstance(value, (int, float)) else list(value)
-    try:
-        pair = (float(vals[0]), float(vals[1]))
-    except (TypeError, ValueError, IndexError):
-        raise ValueError(f"{where}: spacing must be a number or [sx, sy] in mm, got {value!r}.") from None
-    if len(vals) != 2 or not all(v > 0 and v == v and v != float("inf") for v in pair):
-        raise ValueError(f"{where}: spacing must be positive and finite, got {value!r}.")
-    return pair
 
 
 class AnatomySet:

@@ -17,19 +17,24 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
+from .errors import BundleError, as_flag
+
 __all__ = ["CheckpointError", "read_checkpoint", "CheckedCheckpointLoader", "ResumeFromLatest"]
 
 logger = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BundleError, RuntimeError):
     """A checkpoint file is missing, truncated or not a checkpoint."""
 
 
 def read_checkpoint(path: str, map_location: Any = "cpu") -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` with an error that names the file and the problem."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path}: file does not exist.")
+        raise CheckpointError(
+            f"checkpoint {path}: file does not exist (--ckpt_path; by default <output_dir>/models/model.pt, where "
+            "training with the same --output_dir writes its best model)."
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
@@ -88,7 +93,8 @@ class ResumeFromLatest:
     """
 
     def __init__(self, ckpt_dir: str, load_dict: dict, enabled: bool = True, map_location: Any = "cpu") -> None:
-        self.ckpt_dir, self.load_dict, self.enabled, self.map_location = ckpt_dir, load_dict, enabled, map_location
+        self.ckpt_dir, self.load_dict, self.map_location = ckpt_dir, load_dict, map_location
+        self.enabled = as_flag(enabled, "resume")  # `--resume false` arrives as the string 'false'
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
@@ -106,3 +112,4 @@ class ResumeFromLatest:
             CheckedCheckpointLoader(path, self.load_dict, map_location=self.map_location)(engine)
             engine.logger.info(f"Resumed from {path} (epoch {engine.state.epoch}, iteration {engine.state.iteration}).")
             return
+

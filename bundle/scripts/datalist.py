@@ -18,13 +18,13 @@ Landmarks are ``(x, y)`` in pixels of the original image (x right, y down, pixel
 item is, in this order: the item's ``spacing``; a DICOM image's header (``PixelSpacing``, else
 ``ImagerPixelSpacing``; read when images are checked); the anatomy's ``spacing``; else none, and the unit is
 pixels. Items say which in ``spacing_source`` (an item may state its own, e.g. the hand's wrist rule).
-Every check here names the datalist file, the split, the item and the image.
+The landmark and spacing rules are :mod:`scripts.landmark_rules`; every check here names the datalist file,
+the split, the item and the image.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -32,14 +32,16 @@ from typing import Any
 import numpy as np
 
 from .anatomies import AnatomySet
+from .errors import BundleError
 from .image_io import read_image_header
+from .landmark_rules import check_landmarks, resolve_spacing
 
 __all__ = ["DatalistError", "load_anatomies", "load_datalist", "inference_items", "read_datalist_json"]
 
 SPLITS = ("training", "validation", "test")
 
 
-class DatalistError(ValueError):
+class DatalistError(BundleError, ValueError):
     """A datalist or one of its items is wrong; the message says where and what."""
 
 
@@ -110,6 +112,7 @@ def load_datalist(
     anatomies: AnatomySet | None = None,
     require_landmarks: bool = True,
     check_images: bool = True,
+    errors: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Load and validate the items of one split (or several) of a datalist.
 
@@ -121,6 +124,8 @@ def load_datalist(
             anatomy's default spacing is the datalist's own where it declares that anatomy (it describes the images).
         require_landmarks: False for inference lists, whose items need no landmarks.
         check_images: read every image's header (exists, readable, landmarks inside it).
+        errors: where given (inference), an item that fails its checks is skipped and its message appended here
+            instead of raised; the file's structure (JSON, anatomies, splits) is still checked strictly.
 
     Returns:
         items with keys ``image`` (absolute path), ``anatomy``, ``domain``, ``size`` (network input ``[W, H]``),
@@ -144,11 +149,17 @@ def load_datalist(
             raise DatalistError(f"datalist {datalist_path}: split {s!r} must be a list of items.")
         for i, raw in enumerate(data[s]):
             where = f"datalist {datalist_path}, {s}[{i}]"
-            item = _validate_item(raw, where, root, anatomies, require_landmarks, check_images, spacings)
-            item["split"] = s
-            key = item["image"]
-            if key in seen:
-                raise DatalistError(f"{where}: image {key} is listed twice (also at {seen[key]}).")
+            try:
+                item = _validate_item(raw, where, root, anatomies, require_landmarks, check_images, spacings)
+                item["split"] = s
+                key = item["image"]
+                if key in seen:
+                    raise DatalistError(f"{where}: image {key} is listed twice (also at {seen[key]}).")
+            except DatalistError as e:
+                if errors is None:
+                    raise
+                errors.append(str(e))
+                continue
             seen[key] = f"{s}[{i}]"
             items.append(item)
     return items
@@ -180,68 +191,25 @@ def _validate_item(
             header = read_image_header(image)
         except (FileNotFoundError, ValueError) as e:
             raise DatalistError(f"{where}: {e}") from None
-    spacing, source = _spacing(raw, header, (spacings or {}).get(anatomy.name, anatomy.spacing))
-    if spacing is not None:
-        try:
-            spacing = [float(v) for v in (spacing if isinstance(spacing, Sequence) else [spacing, spacing])]
-        except (TypeError, ValueError):
-            raise DatalistError(f"{where}: spacing must be numbers, got {spacing!r}.") from None
-        if len(spacing) != 2 or not all(math.isfinite(v) and v > 0 for v in spacing):
-            raise DatalistError(f"{where}: spacing must be two positive finite numbers [sx, sy], got {spacing!r}.")
+    default = (spacings or {}).get(anatomy.name, anatomy.spacing)
+    spacing, source = resolve_spacing(raw.get("spacing"), header, default, where, DatalistError)
     item: dict[str, Any] = {
         "image": image,
         "anatomy": anatomy.name,
         "domain": domain,
         "size": list(anatomy.size),
-        "spacing": spacing if spacing is not None else [1.0, 1.0],
+        "spacing": list(spacing) if spacing is not None else [1.0, 1.0],
         "unit": "mm" if spacing is not None else "px",
         "spacing_source": str(raw.get("spacing_source", source)),
     }
     if "landmarks" in raw and raw["landmarks"] is not None:
-        item["landmarks"] = _landmarks(raw["landmarks"], anatomy.num_landmarks, anatomy.name, where, header)
+        size = header.size if header is not None else None
+        owner = f"anatomy {anatomy.name!r}"
+        points = check_landmarks(raw["landmarks"], anatomy.num_landmarks, where, DatalistError, size, owner=owner)
+        item["landmarks"] = points.astype(np.float32)
     elif require_landmarks:
         raise DatalistError(f"{where}: no 'landmarks'.")
     return item
-
-
-def _spacing(raw: dict[str, Any], header, default: Any) -> tuple[Any, str]:
-    """An item's spacing and where it came from: the item, a DICOM header, the anatomy, or none (pixels)."""
-    if raw.get("spacing") is not None:
-        return raw["spacing"], "datalist item"
-    if header is not None and header.dicom_spacing is not None:
-        return list(header.dicom_spacing), f"DICOM {header.dicom_spacing_tag}"
-    if default is not None:
-        return default, "anatomy"
-    return None, "none (pixels)"
-
-
-def _landmarks(value: Any, count: int, anatomy: str, where: str, header) -> np.ndarray:
-    try:
-        pts = np.array([[np.nan, np.nan] if p is None else p for p in value], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DatalistError(f"{where}: landmarks must be a list of [x, y] pairs.") from None
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise DatalistError(f"{where}: landmarks must be a list of [x, y] pairs, got shape {list(pts.shape)}.")
-    if pts.shape[0] != count:
-        raise DatalistError(f"{where}: {pts.shape[0]} landmarks, but anatomy {anatomy!r} has {count}.")
-    # a landmark is either fully annotated or fully missing; half a point is an error, not a guess
-    half = np.isnan(pts).any(axis=1) & ~np.isnan(pts).all(axis=1)
-    if half.any():
-        raise DatalistError(f"{where}: landmark(s) {(np.flatnonzero(half) + 1).tolist()} have one NaN coordinate.")
-    if np.isinf(pts).any():
-        raise DatalistError(f"{where}: landmark coordinates must be finite (found inf).")
-    valid = ~np.isnan(pts).any(axis=1)
-    if not valid.any():
-        raise DatalistError(f"{where}: every landmark is NaN/missing; an item needs at least one annotated landmark.")
-    if header is not None:
-        w, h = header.size[0], header.size[1]
-        bad = valid & ((pts[:, 0] < -0.5) | (pts[:, 0] > w - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > h - 0.5))
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise DatalistError(
-                f"{where}: landmark {k + 1} at ({pts[k, 0]:.1f}, {pts[k, 1]:.1f}) is outside the {w}x{h} image."
-            )
-    return pts.astype(np.float32)
 
 
 def inference_items(
@@ -250,29 +218,26 @@ def inference_items(
     anatomy: str | None = None,
     datalist_path: str | None = None,
     split: str = "test",
-    recognition: Sequence[Any] | None = None,
+    errors: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Items to run inference on: ``images`` of one ``anatomy``, or else a datalist split (landmarks optional).
 
-    Without an ``anatomy``, ``recognition`` (``scripts.recognize_images``: one answer per image) names each image's
-    anatomy; images it calls unknown are left out, and the items say ``anatomy_recognized`` and with what
-    probability and distance.
+    ``errors``: where given, an image that fails its checks is skipped and its message appended (see ``load_datalist``).
     """
-    if images and not anatomy and recognition is not None:
-        items = []
-        for i, rec in enumerate(recognition):
-            if rec.known:
-                item = _validate_item({"image": rec.image, "anatomy": rec.anatomy}, f"input image {i}", "", anatomies, False, True)
-                item.update(anatomy_recognized=True, anatomy_probability=rec.probability, anatomy_distance=rec.distance)
-                items.append(item)
-        return items
     if images:
         if not anatomy:
             raise DatalistError(f"inference on {len(images)} image(s) needs an anatomy (one of {anatomies.names}).")
-        return [
-            _validate_item({"image": os.path.abspath(p), "anatomy": anatomy}, f"input image {i}", "", anatomies, False, True)
-            for i, p in enumerate(images)
-        ]
+        items = []
+        for i, p in enumerate(images):
+            try:
+                items.append(
+                    _validate_item({"image": os.path.abspath(p), "anatomy": anatomy}, f"input image {i}", "", anatomies, False, True)
+                )
+            except DatalistError as e:
+                if errors is None or "unknown anatomy" in str(e):
+                    raise
+                errors.append(str(e))
+        return items
     if not datalist_path:
         raise DatalistError("inference needs input images (with their anatomy) or a datalist.")
-    return load_datalist(datalist_path, split, anatomies=anatomies, require_landmarks=False)
+    return load_datalist(datalist_path, split, anatomies=anatomies, require_landmarks=False, errors=errors)

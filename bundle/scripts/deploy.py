@@ -6,7 +6,7 @@ trained :class:`~scripts.gu2net.GU2Net` and one domain index and keeps only that
 with every batch norm folded into the convolution before it, the depth-wise bias folded into the
 point-wise bias and the input conv folded into the first separable conv (:class:`_FoldedStem`). In
 PyTorch it runs in ``channels_last`` memory format, where oneDNN's depth-wise and 1x1 convolutions are
-about 2-3x faster on CPU than in NCHW. The result is the same function (float rounding
+faster on CPU than in NCHW. The result is the same function (float rounding
 aside) with a plain ``forward(x)`` that TorchScript freezes and ONNX exports directly (:func:`export_onnx`).
 """
 
@@ -95,7 +95,7 @@ class _FoldedStem(nn.Module):
     ``K[o, j] = sum_c W[o, c] A[c, j] k_c``. The bias term is a 3x3 conv too, of an image of ones: the
     depth-wise conv pads the input conv's output with zeros, not with ``b``, so it differs at the border.
     Convolving ``[x, 1]`` gives both terms exactly, and the two 64-channel full-resolution maps in between
-    are never written (6-9 % of a CPU forward at 512 x 416 on ONNX Runtime).
+    are never written.
     """
 
     def __init__(self, inc: nn.Conv2d, first: DomainSeparableConv, domain: int) -> None:
@@ -203,8 +203,9 @@ def export_onnx(
     """Write the ONNX model of one domain of ``net`` (batch norm folded) to a path or a binary file object.
 
     Batch and spatial sizes are dynamic (spatial sizes must still be divisible by 16), unless ``fixed_size``:
-    then the model takes one image of ``example_size`` (H, W) only, which ONNX Runtime ran 3-8 % faster on
-    CPU (what :class:`~scripts.inferers.DeployInferer` builds, as workflows resize each anatomy to one size).
+    then the model takes one image of ``example_size`` (H, W) only, which lets ONNX Runtime plan every layer
+    for that size (what :class:`~scripts.inferers.DeployInferer` builds, as workflows resize each anatomy to
+    one size).
     The domain index and anatomy name are stored in the model's metadata, so that a runner can refuse images of
     another anatomy. Uses torch's TorchScript-based exporter (``dynamo=False``), which needs no extra package.
     """

@@ -3,7 +3,7 @@
 Targets are made here, not with MONAI's ``GenerateHeatmap``: that one rounds each centre to the nearest
 pixel before blurring, which biases targets by up to 0.5 px (one of the faults of the GU2Net authors'
 code we must not repeat). Here each channel is ``exp(-|p - c|^2 / (2 sigma^2))`` at the exact centre,
-scaled to peak 1, computed separably (cheap even for 37 landmarks at 512 x 416).
+scaled to peak 1, computed separably (cheap even for many landmarks on a full-size input).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -30,8 +29,10 @@ __all__ = [
 class LandmarkHeatmap(Transform):
     """Gaussian heatmaps ``(N, *spatial)`` for ``(N, D)`` points given in voxel (array-axis) order.
 
-    A landmark that is missing (NaN) gets a NaN channel, which the loss skips; one outside the image gets
-    an all-zero channel (it is truly absent from this view, e.g. shifted out by augmentation).
+    A landmark that is missing (NaN) gets a NaN channel, which the loss skips; one outside the image (more than
+    half a pixel beyond the border pixels' centres) gets an all-zero channel: it is absent from this view (e.g.
+    shifted or cropped out by augmentation), and the network learns to answer it with a low confidence rather
+    than a full peak on the border.
     """
 
     def __init__(self, sigma: float = 3.0) -> None:
@@ -52,6 +53,9 @@ class LandmarkHeatmap(Transform):
         assert out is not None
         peak = out.flatten(1).amax(1).reshape([-1] + [1] * len(spatial_shape))
         out = torch.where(peak > 1e-6, out / peak.clamp_min(1e-12), torch.zeros_like(out))
+        size = torch.tensor(spatial_shape, dtype=torch.float32)
+        outside = ((pts < -0.5) | (pts > size - 0.5)).any(1)
+        out[outside] = 0.0
         missing = torch.isnan(pts).any(1)
         out[missing] = float("nan")
         return out

@@ -1,4 +1,5 @@
-"""Reading image headers through ITK, to check inputs before any training or inference starts.
+"""Reading images through ITK: headers, to check inputs before any training or inference starts, and
+single images as the workflows load them.
 
 For DICOM, the physical pixel spacing is read from the header's own tags, ``PixelSpacing`` (0028,0030) or else
 ``ImagerPixelSpacing`` (0018,1164), rather than from ITK's spacing: ITK reports 1.0 when there is none, which
@@ -9,10 +10,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import itk
+import torch
+from monai.transforms import LoadImage
 
-__all__ = ["ImageHeader", "read_image_header", "DICOM_SPACING_TAGS"]
+from .landmark_transforms import ToGray2D
+
+__all__ = ["ImageHeader", "read_image_io", "read_image_header", "read_gray_image", "DICOM_SPACING_TAGS"]
 
 # in order of preference; each holds "row spacing\\column spacing" in mm, i.e. (sy, sx)
 DICOM_SPACING_TAGS = {"0028|0030": "PixelSpacing", "0018|1164": "ImagerPixelSpacing"}
@@ -30,8 +36,8 @@ class ImageHeader:
     dicom_spacing_tag: str | None = None  # the tag it came from, e.g. "PixelSpacing"
 
 
-def read_image_header(path: str) -> ImageHeader:
-    """Read size, spacing and channel count of any ITK-readable file (PNG, JPG, BMP, DICOM, NIfTI, MHA).
+def read_image_io(path: str) -> Any:
+    """ITK's ``ImageIO`` for ``path`` with its header read (not the pixels): sizes, spacing, origin, direction.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -47,6 +53,17 @@ def read_image_header(path: str) -> ImageHeader:
         io.ReadImageInformation()
     except RuntimeError as e:  # ITK raises RuntimeError for broken headers
         raise ValueError(f"image file {path}: unreadable header ({str(e).strip().splitlines()[-1]}).") from None
+    return io
+
+
+def read_image_header(path: str) -> ImageHeader:
+    """Read size, spacing and channel count of any ITK-readable file (PNG, JPG, BMP, DICOM, NIfTI, MHA).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: ITK has no reader for it or its header is broken; the message names the file.
+    """
+    io = read_image_io(path)
     dims = io.GetNumberOfDimensions()
     size = tuple(int(io.GetDimensions(i)) for i in range(dims))
     spacing = tuple(float(io.GetSpacing(i)) for i in range(dims))
@@ -78,3 +95,11 @@ def _dicom_spacing(io, path: str) -> tuple[tuple[float, float], str] | None:
             raise ValueError(f"image file {path}: DICOM {name} {value!r} must be two positive numbers.")
         return (col, row), name
     return None
+
+
+def read_gray_image(path: str) -> torch.Tensor:
+    """The image at ``path`` as the workflows' ``load_transforms`` read it: ITK, channel first, one channel,
+    2D, i.e. a ``(1, W, H)`` MetaTensor in array-axis order (x first)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file {path}: does not exist.")
+    return ToGray2D()(LoadImage(reader="ITKReader", image_only=True, ensure_channel_first=True)(path))

@@ -39,7 +39,7 @@ def _onnx_session(model: Union[str, bytes]) -> Any:
     """An ONNX Runtime CPU session using as many threads as torch (``torch.set_num_threads``).
 
     All sessions of the process share one memory arena that grows only by what is asked: with one arena per
-    session (ONNX Runtime's default) three anatomies held 4.0 GB instead of 2.8 GB, at the same speed.
+    session (ONNX Runtime's default) every anatomy's session keeps its own peak memory.
     """
     import onnxruntime as ort
 
@@ -50,9 +50,9 @@ def _onnx_session(model: Union[str, bytes]) -> Any:
         _SHARED_ARENA = True
     options = ort.SessionOptions()
     options.add_session_config_entry("session.use_env_allocators", "1")
-    # idle threads sleep rather than spin: 8 % faster measured on 2 cores that other processes share
+    # idle threads sleep rather than spin: spinning takes cores from the other threads and processes sharing them
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # no pre-planned block per session for fixed-size models: 0.7 GB more for three anatomies, at the same speed
+    # no pre-planned memory block per session: it would hold memory beside the shared arena without running faster
     options.enable_mem_pattern = False
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -66,8 +66,7 @@ def _onnx_runner(session: Any) -> Runner:
     def run(x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             raise ValueError("DeployInferer: the 'onnx' engine runs on the CPU; use engine 'pytorch' on a GPU.")
-        # one image at a time: on 2 cores ONNX Runtime took longer per image for a batch of 2-3 than for single
-        # images (bench/speed.py, 8 mixed images in anatomy batches: 1.07 images/s whole, 1.30 one by one)
+        # one image at a time: on few CPU cores ONNX Runtime runs a batch slower per image than single images
         x = x.detach().float()
         return torch.cat([torch.from_numpy(session.run(None, {name: xi.contiguous().numpy()})[0]) for xi in x.split(1)])
 

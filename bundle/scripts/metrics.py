@@ -1,4 +1,4 @@
-"""Landmark metrics in the original image's space: radial errors, MRE, STD, median, SDR.
+"""Landmark metrics in the original image's space: radial errors, MRE, STD, median, SDR, and their summary file.
 
 Errors are measured between predictions mapped back to the original image and the **original
 annotations** (never a point re-read from a target heatmap), in mm with per-axis spacing when the
@@ -16,8 +16,17 @@ from ignite.engine import Engine
 from ignite.metrics import Metric
 
 from .anatomies import Anatomy, AnatomySet
+from .files import write_json_atomic
+from .review import review_figures
 
-__all__ = ["radial_errors", "summarize_errors", "summarize_anatomy", "LandmarkErrorMetric"]
+__all__ = [
+    "radial_errors",
+    "summarize_errors",
+    "summarize_anatomy",
+    "LandmarkErrorMetric",
+    "format_metrics_table",
+    "write_metrics_json",
+]
 
 
 def radial_errors(pred: np.ndarray, true: np.ndarray, spacing: Sequence[float] = (1.0, 1.0)) -> np.ndarray:
@@ -73,8 +82,8 @@ class LandmarkErrorMetric(Metric):
     geometric mean of the per-anatomy MREs (each in its own unit): no anatomy dominates by image count, and
     the ranking of checkpoints does not depend on the units (an anatomy in px instead of mm scales every
     value by the same factor), nor on which anatomy has the largest errors: a 10 % gain counts the same on
-    any anatomy. (The arithmetic mean let an anatomy that had not converged, e.g. a hand at 100-190 mm,
-    pick the checkpoint of a universal run alone.) With one anatomy it is that anatomy's MRE. The
+    any anatomy. (An arithmetic mean would let one anatomy that has not converged choose the checkpoint of a
+    universal run alone.) With one anatomy it is that anatomy's MRE. The
     per-anatomy and per-landmark figures go to ``engine.state.metrics`` as ``<name>_<anatomy>_MRE`` and
     ``<name>_<anatomy>_SDR_<r>`` and stay available as :attr:`results`.
     """
@@ -123,6 +132,10 @@ class LandmarkErrorMetric(Metric):
                     "spacing": spacing,
                     "confidence": np.asarray(item.get("pred_confidence", np.full(len(pred), np.nan))),
                     "errors": radial_errors(pred, true, spacing),
+                    # the review flag (scripts/review.py) and the orientation (scripts/mirroring.py), where decoded
+                    "review": None if item.get("pred_review") is None else np.asarray(item["pred_review"], dtype=bool),
+                    "review_threshold": float(item.get("review_threshold", np.nan)),
+                    "mirrored": bool(item.get("pred_mirrored", False)),
                 }
             )
 
@@ -140,6 +153,13 @@ class LandmarkErrorMetric(Metric):
             if sources:
                 entry["spacing_source"] = "; ".join(sources)  # which rule gave the mm (e.g. the hand's wrist width)
             entry.update(summarize_anatomy(np.stack([r["errors"] for r in recs]), anatomy))
+            entry["mirrored_images"] = sum(r.get("mirrored", False) for r in recs)
+            if all(r.get("review") is not None for r in recs):
+                entry["review"] = {
+                    "threshold": sorted({r["review_threshold"] for r in recs})[-1],
+                    **review_figures(np.stack([r["errors"] for r in recs]), np.stack([r["review"] for r in recs]),
+                                     max(anatomy.sdr_radii)),
+                }  # fmt: skip
             splits = sorted({r["split"] for r in recs})
             if len(splits) > 1:
                 entry["per_split"] = {
@@ -165,3 +185,41 @@ class LandmarkErrorMetric(Metric):
             engine.state.metrics[f"{name}_{anatomy}_MRE"] = v["MRE"]
             for r, s in v["SDR"].items():
                 engine.state.metrics[f"{name}_{anatomy}_SDR_{r}"] = s
+
+
+def format_metrics_table(summary: Mapping[str, Any], baseline: Mapping[str, Any] | None = None) -> str:
+    """One line per anatomy: images, unit, MRE +- STD, SDR at each radius; the baseline's MRE beside it."""
+    lines = []
+    head = f"{'anatomy':<10} {'images':>6} {'unit':>4} {'MRE':>8} {'STD':>8}  SDR"
+    if baseline:
+        head += "   | mean-shape baseline MRE"
+    lines.append(head)
+    for name, v in summary.items():
+        sdr = " ".join(f"{r}:{s:5.1f}%" for r, s in v["SDR"].items())
+        line = f"{name:<10} {v.get('images', 0):>6} {v['unit']:>4} {v['MRE']:8.3f} {v['STD']:8.3f}  {sdr}"
+        if baseline and name in baseline:
+            line += f"   | {baseline[name]['MRE']:8.3f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def write_metrics_json(
+    metric: LandmarkErrorMetric,
+    path: str,
+    baseline: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    published: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a metric's per-anatomy summary (and the baseline's, the run's, published figures) to ``path``."""
+    summary = metric.summary()
+    if not summary:
+        raise RuntimeError(f"no metrics to write to {path}: the evaluation saw no annotated images.")
+    out: dict[str, Any] = dict(summary)
+    if baseline:
+        out["_baseline_mean_shape"] = dict(baseline)
+    if published:
+        out["_published"] = dict(published)
+    if extra:
+        out["_run"] = dict(extra)
+    write_json_atomic(out, path)
+    return out

@@ -49,7 +49,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -62,21 +61,22 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from .anatomies import AnatomySet
+from .checkpoints import read_checkpoint
+from .durable import save_torch_atomic
+from .files import write_json_atomic, write_text_atomic
 
 __all__ = [
     "AnatomyRecognizer",
     "FitAnatomyRecognizer",
-    "ImageRecognition",
     "Recognition",
     "RecognitionReportHandler",
+    "anatomy_recognition",
     "default_image_loader",
     "evaluate_recognition",
-    "exit_if_unrecognized",
     "fit_recognizer",
     "format_recognition_table",
     "load_recognizer",
     "recognition_fields",
-    "recognize_images",
     "train_recognizer",
 ]
 
@@ -570,25 +570,13 @@ def train_recognizer(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Fit a recogniser of a checkpoint's anatomies and add it to the checkpoint (replaced atomically: a temporary
-    file, fsync, ``os.replace``). For checkpoints trained before recognition existed (or by ``add_anatomy`` from a
+    file, fsync, rename). For checkpoints trained before recognition existed (or by ``add_anatomy`` from a
     datalist of the new anatomy only)."""
-    from .checkpoints import read_checkpoint
-
     ckpt = read_checkpoint(ckpt_path)
     recognizer = AnatomyRecognizer(AnatomySet.from_checkpoint(ckpt_path))
     cal = fit_recognizer(recognizer, train_items, val_items, image_loader, steps, seed=seed)
     ckpt["recognizer"] = recognizer.state_dict()
-    folder = os.path.dirname(os.path.abspath(ckpt_path))
-    tmp = os.path.join(folder, f".tmp_{os.getpid()}_{os.path.basename(ckpt_path)}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, ckpt_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_torch_atomic(ckpt, ckpt_path)
     print(_calibration_line(cal), f"-> added to {ckpt_path}", flush=True)
     return cal
 
@@ -596,8 +584,6 @@ def train_recognizer(
 def load_recognizer(ckpt_path: str, required: bool = True) -> AnatomyRecognizer | None:
     """The fitted recogniser saved in a checkpoint; without one, an error saying what to do (or None if not
     ``required``)."""
-    from .checkpoints import read_checkpoint
-
     state = read_checkpoint(ckpt_path).get("recognizer")
     recognizer = AnatomyRecognizer.from_state(state) if state is not None else None
     if recognizer is None or not recognizer.is_fitted:
@@ -615,38 +601,21 @@ def load_recognizer(ckpt_path: str, required: bool = True) -> AnatomyRecognizer 
 # inference
 
 
-class ImageRecognition(list):
-    """:class:`Recognition` of each input image, in order, with the anatomy names (for the messages)."""
-
-    def __init__(self, results: Sequence[Recognition], names: Sequence[str]) -> None:
-        super().__init__(results)
-        self.names = list(names)
-
-    @property
-    def unknown(self) -> list[Recognition]:
-        return [r for r in self if not r.known]
-
-    def messages(self) -> list[str]:
-        return [r.message(self.names) for r in self.unknown]
-
-
-def recognize_images(ckpt_path: str, images: Sequence[str], image_loader: Callable | None = None) -> ImageRecognition:
-    """Recognise each image's anatomy with the checkpoint's recogniser; print one line per image (an unknown
-    one's says why) and return the answers. A file that cannot be read is an error naming it."""
+def anatomy_recognition(ckpt_path: str, image_loader: Callable | None = None) -> Callable[[str], Recognition]:
+    """The checkpoint's recogniser as a function of an image file's path, for inference without an anatomy
+    (:func:`scripts.inputs.inference_inputs`): it prints each known image's anatomy and returns the answer.
+    A checkpoint without a recogniser is an error saying what to do (:func:`load_recognizer`)."""
     recognizer = load_recognizer(ckpt_path)
     image_loader = image_loader or default_image_loader()
-    results = []
-    for path in images:
-        path = os.path.abspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"input image {path}: does not exist.")
+
+    def recognize(path: str) -> Recognition:
         rec = recognizer.recognize_file(path, image_loader)
-        results.append(rec)
         if rec.known:
             print(f"{path}: recognised as {rec.anatomy} (p={rec.probability:.2f}, distance {rec.distance:.1f})", flush=True)
-        else:
-            print(rec.message(recognizer.names), file=sys.stderr, flush=True)
-    return ImageRecognition(results, recognizer.names)
+        return rec
+
+    recognize.names = recognizer.names  # type: ignore[attr-defined]  # for the unknown images' messages
+    return recognize
 
 
 def recognition_fields(data: Mapping[Hashable, Any]) -> dict[str, Any]:
@@ -660,17 +629,6 @@ def recognition_fields(data: Mapping[Hashable, Any]) -> dict[str, Any]:
             v = v.item() if isinstance(v, (torch.Tensor, np.ndarray)) else v
             out[key] = bool(v) if key == "anatomy_recognized" else float(v)
     return out
-
-
-def exit_if_unrecognized(recognition: ImageRecognition | None) -> None:
-    """At the end of inference: exit with status 1 and the unknown images' messages as the last lines."""
-    if recognition is None or not recognition.unknown:
-        return
-    lines = recognition.messages()
-    raise SystemExit(
-        f"{len(lines)} of {len(recognition)} image(s) skipped, their anatomy is unknown "
-        "(give it with --input_anatomy if you know it):\n" + "\n".join(lines)
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -758,8 +716,6 @@ class RecognitionReportHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine | None = None) -> dict[str, Any]:
-        from .outputs import atomic_path, write_json_atomic
-
         self.section = evaluate_recognition(self.ckpt_path, self.items, self.image_loader)
         path = os.path.join(self.output_dir, "metrics.json")
         metrics = json.load(open(path)) if os.path.isfile(path) else {}
@@ -769,7 +725,6 @@ class RecognitionReportHandler:
         report = os.path.join(self.output_dir, "report.md")
         if os.path.isfile(report):
             text = open(report).read().rstrip("\n")
-            with atomic_path(report) as tmp, open(tmp, "w") as f:
-                f.write(text + "\n\n## Anatomy recognition\n\n" + table + "\n")
+            write_text_atomic(text + "\n\n## Anatomy recognition\n\n" + table + "\n", report)
         print(table, flush=True)
         return self.section

@@ -1,10 +1,9 @@
 """CPU run-time settings that make GU2Net faster without changing a single result.
 
-On Linux, glibc ``malloc`` serves every block above 32 MB (a 64-channel 512 x 416 feature map is 54 MB)
-with a fresh ``mmap`` and returns it to the system on ``free``, so each such tensor pays a page fault
-per 4 kB page on first touch, every time. In a virtual machine these faults cost more than the
-arithmetic: measured on 2 cores, an empty 54 MB tensor took 40 ms to fill instead of 8 ms, and a whole
-GU2Net forward ran about 2x slower. :func:`keep_freed_memory` makes glibc serve large blocks from its
+On Linux, glibc ``malloc`` serves every large block (a full-resolution feature map is one) with a fresh
+``mmap`` and returns it to the system on ``free``, so each such tensor pays a page fault per page on
+first touch, every time it is allocated; in a virtual machine these faults can cost more than the
+arithmetic that fills the tensor. :func:`keep_freed_memory` makes glibc serve large blocks from its
 heap and keep freed memory for reuse, what the jemalloc/tcmalloc preloads of the usual PyTorch CPU
 tuning guides achieve, with no extra library. It is process wide, so a workflow opts in from its config.
 """

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +20,9 @@ import numpy as np
 
 from ..anatomies import Anatomy
 from ..datalist import SPLITS, read_datalist_json
+from ..files import image_stem, image_suffix, write_json_atomic
 from ..image_io import read_image_header
+from ..landmark_rules import check_landmarks
 
 __all__ = [
     "PrepareError",
@@ -36,9 +36,6 @@ __all__ = [
     "merge_datalist",
     "write_datalist",
 ]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
-
 
 class PrepareError(ValueError):
     """Bad input to a preparation; the message names the file (and line) and the problem."""
@@ -93,34 +90,21 @@ def read_csv_rows(path: str, skip_header: bool = False) -> Iterator[tuple[str, l
 
 
 def checked_landmarks(points: Any, count: int, image: str, where: str) -> list[list[float] | None]:
-    """Check ``count`` points ``(x, y)`` in pixels against the image (exists, readable, points inside) for the datalist.
+    """Check a label row's ``count`` points ``(x, y)`` in pixels against the image for the datalist.
 
-    A fully NaN point is "not annotated" (``null``); half a point, inf, a wrong count or a point outside the
-    image is an error naming ``where`` (the label file and line) and the image.
+    ``points`` holds the row's ``2 * count`` coordinates, flat or as pairs. The image must exist and be
+    readable; the points obey :func:`~scripts.landmark_rules.check_landmarks` (a fully NaN point is "not
+    annotated", ``null`` in the datalist). An error names ``where`` (the label file and line) and the image.
     """
-    flat = np.asarray(points, dtype=np.float64).ravel()
+    flat = np.ravel(np.asarray(points, dtype=np.float64))
     if flat.size != 2 * count:
         raise PrepareError(f"{where}: {flat.size} coordinates, expected {2 * count} ({count} landmarks x, y).")
-    pts = flat.reshape(count, 2)
-    if np.isinf(pts).any():
-        raise PrepareError(f"{where}: landmark coordinates must be finite.")
-    nan = np.isnan(pts)
-    half = nan.any(1) & ~nan.all(1)
-    if half.any():
-        raise PrepareError(f"{where}: landmark(s) {(np.flatnonzero(half) + 1).tolist()} have only one coordinate.")
-    if nan.all():
-        raise PrepareError(f"{where}: no landmark is annotated.")
     try:
         header = read_image_header(image)
     except (FileNotFoundError, ValueError) as e:
         raise PrepareError(f"{where}: {e}") from None
-    w, h = header.size[0], header.size[1]
-    x, y = pts[:, 0], pts[:, 1]
-    outside = ~nan.any(1) & ((x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5))
-    if outside.any():
-        k = int(np.flatnonzero(outside)[0])
-        raise PrepareError(f"{where}: landmark {k + 1} at ({x[k]:.2f}, {y[k]:.2f}) is outside the {w}x{h} image {image}.")
-    return [None if nan[k].any() else [round(float(x[k]), 3), round(float(y[k]), 3)] for k in range(count)]
+    pts = check_landmarks(flat.reshape(count, 2), count, where, PrepareError, header.size, image)
+    return [None if np.isnan(p).any() else [round(float(p[0]), 3), round(float(p[1]), 3)] for p in pts]
 
 
 def find_images(folder: str, pattern: str = "*") -> dict[str, str]:
@@ -131,11 +115,9 @@ def find_images(folder: str, pattern: str = "*") -> dict[str, str]:
     found: dict[str, str] = {}
     for root, _, files in os.walk(folder):
         for name in sorted(files):
-            low = name.lower()
-            suffix = next((s for s in IMAGE_SUFFIXES if low.endswith(s)), None)
-            if suffix is None or not fnmatch.fnmatch(name, pattern):
+            if image_suffix(name) is None or not fnmatch.fnmatch(name, pattern):
                 continue
-            stem, path = name[: -len(suffix)], os.path.join(root, name)
+            stem, path = image_stem(name), os.path.join(root, name)
             if stem in found:
                 raise PrepareError(f"duplicate image id {stem!r}: {found[stem]} and {path}.")
             found[stem] = path
@@ -202,15 +184,5 @@ def write_datalist(out_dir: str, prepared: PreparedAnatomy) -> str:
         existing = read_datalist_json(path) if os.path.isfile(path) else {}
     except ValueError as e:  # a bad spec, or an existing datalist that is not a JSON object
         raise PrepareError(f"{e} Nothing was written.") from None
-    data = merge_datalist(existing, prepared, out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".datalist-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.chmod(tmp, 0o644)  # mkstemp's file is private; a datalist is not
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_json_atomic(merge_datalist(existing, prepared, out_dir), path, indent=1)
     return path

@@ -10,14 +10,13 @@ pelvis are in pixels, like their real counterparts.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from ..files import atomic_folder, write_json_atomic
 
 __all__ = ["DEMO_ANATOMIES", "generate_demo", "ensure_demo"]
 
@@ -126,9 +125,6 @@ def _sample(tpl: _Template, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
 def generate_demo(out_dir: str, n_train: int = 30, n_val: int = 6, n_test: int = 10, seed: int = 2026) -> str:
     """Write the demo images and ``datalist.json`` into ``out_dir`` (atomically) and return the datalist path."""
     rng = np.random.default_rng(seed)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".demo-")
     datalist: dict = {
         "name": "GU2Net synthetic four-anatomy demo",
         "description": "Synthetic geometric stand-ins for head, hand, chest and pelvis X-rays; NOT real anatomy. "
@@ -138,29 +134,26 @@ def generate_demo(out_dir: str, n_train: int = 30, n_val: int = 6, n_test: int =
         "validation": [],
         "test": [],
     }
-    for name, make in _TEMPLATES.items():
-        tpl = make()
-        spec: dict = {"landmarks": [f"{name}_{k + 1}" for k in range(len(tpl.points))], "size": list(DEMO_ANATOMIES[name])}
-        if tpl.spacing:
-            spec["spacing"] = list(tpl.spacing)
-        if name in DEMO_RADII:
-            spec["sdr_radii"] = DEMO_RADII[name]
-        datalist["anatomies"][name] = spec
-        os.makedirs(os.path.join(tmp, "images", name))
-        counts = {"training": n_train, "validation": n_val, "test": n_test}
-        k = 0
-        for split, n in counts.items():
-            for _ in range(n):
-                img, pts = _sample(tpl, rng)
-                rel = f"images/{name}/{name}_{k:03d}.png"
-                Image.fromarray(img).save(os.path.join(tmp, rel))
-                datalist[split].append({"image": rel, "anatomy": name, "landmarks": np.round(pts, 2).tolist()})
-                k += 1
-    with open(os.path.join(tmp, "datalist.json"), "w") as f:
-        json.dump(datalist, f, indent=1)
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_folder(out_dir) as tmp:
+        for name, make in _TEMPLATES.items():
+            tpl = make()
+            spec: dict = {"landmarks": [f"{name}_{k + 1}" for k in range(len(tpl.points))], "size": list(DEMO_ANATOMIES[name])}
+            if tpl.spacing:
+                spec["spacing"] = list(tpl.spacing)
+            if name in DEMO_RADII:
+                spec["sdr_radii"] = DEMO_RADII[name]
+            datalist["anatomies"][name] = spec
+            os.makedirs(os.path.join(tmp, "images", name))
+            counts = {"training": n_train, "validation": n_val, "test": n_test}
+            k = 0
+            for split, n in counts.items():
+                for _ in range(n):
+                    img, pts = _sample(tpl, rng)
+                    rel = f"images/{name}/{name}_{k:03d}.png"
+                    Image.fromarray(img).save(os.path.join(tmp, rel))
+                    datalist[split].append({"image": rel, "anatomy": name, "landmarks": np.round(pts, 2).tolist()})
+                    k += 1
+        write_json_atomic(datalist, os.path.join(tmp, "datalist.json"), indent=1)
     return os.path.join(out_dir, "datalist.json")
 
 

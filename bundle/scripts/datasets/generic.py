@@ -19,7 +19,6 @@ else from a DICOM image's header, else none: the unit is pixels. Every image mus
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 
 from ..datalist import SPLITS
 from ..image_io import read_image_header
+from ..landmark_rules import as_points, parse_spacing
 from .common import PreparedAnatomy, PrepareError, checked_landmarks, parse_numbers, random_splits, read_csv_rows
 
 __all__ = ["read_landmark_file", "prepare_generic"]
@@ -44,15 +44,10 @@ class _Row:
 
 
 def _spacing(value: Any, where: str) -> list[float] | None:
+    """A row's or the file's spacing as ``[sx, sy]``; None where it gives none (absent, or empty CSV cells)."""
     if value is None or (isinstance(value, Sequence) and all(v in ("", None) for v in value)):
         return None
-    try:
-        pair = [float(v) for v in value]
-    except (TypeError, ValueError):
-        raise PrepareError(f"{where}: spacing must be two numbers [sx, sy] in mm, got {value!r}.") from None
-    if len(pair) != 2 or not all(math.isfinite(v) and v > 0 for v in pair):
-        raise PrepareError(f"{where}: spacing must be two positive numbers [sx, sy] in mm, got {value!r}.")
-    return pair
+    return list(parse_spacing(value, where, PrepareError))
 
 
 def _read_csv(path: str) -> tuple[list[str], dict[str, Any], list[_Row]]:
@@ -93,12 +88,7 @@ def _read_json(path: str) -> tuple[list[str] | int, dict[str, Any], list[_Row]]:
         where = f"{path}, items[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("image"), str) or not isinstance(item.get("landmarks"), list):
             raise PrepareError(f"{where}: an item needs 'image' (a path) and 'landmarks' (a list of [x, y] or null).")
-        try:
-            points = np.array([[np.nan, np.nan] if p is None else p for p in item["landmarks"]], dtype=np.float64)
-        except (TypeError, ValueError):
-            points = np.empty(0)
-        if points.ndim != 2 or points.shape[1] != 2:
-            raise PrepareError(f"{where}: landmarks must be a list of [x, y] pairs or null.")
+        points = as_points(item["landmarks"], where, PrepareError)
         given = np.array([p is not None for p in item["landmarks"]])
         if not np.isfinite(points[given]).all():
             raise PrepareError(f"{where}: landmark coordinates must be finite numbers; null marks one not annotated.")
