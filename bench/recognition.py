@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.join(ROOT, "bundle"))
 
 from scripts.datalist import load_datalist  # noqa: E402
 from scripts.datasets.demo import ensure_demo  # noqa: E402
+from scripts.datasets.outliers import write_no_anatomy_images  # noqa: E402
 from scripts.recognition import AnatomyRecognizer, evaluate_recognition, fit_recognizer, format_recognition_table  # noqa: E402
 
 DATA = os.path.join(ROOT, "..", "shared", "data")
@@ -55,28 +56,6 @@ def real_split(seed: int) -> dict[str, list[dict]]:
         for s, part in (("test", fs[:n_te]), ("validation", fs[n_te : n_te + n_va]), ("training", fs[n_te + n_va :])):
             split[s] += [{"image": f, "anatomy": name} for f in part]
     return split
-
-
-def not_anatomies(folder: str) -> list[str]:
-    from PIL import Image, ImageDraw
-    from scipy.ndimage import gaussian_filter
-
-    rng = np.random.default_rng(0)
-    paths = {k: os.path.join(folder, f"{k}.png") for k in ("noise", "constant", "photo", "smooth_noise")}
-    Image.fromarray(rng.integers(0, 256, (240, 192), dtype=np.uint8)).save(paths["noise"])
-    Image.fromarray(np.full((224, 224), 128, np.uint8)).save(paths["constant"])
-    yy, xx = np.mgrid[0:240, 0:320] / np.array([240.0, 320.0])[:, None, None]
-    photo = Image.fromarray((np.stack([xx, yy, 1 - 0.6 * xx], -1) * 230 + 10).astype(np.uint8))
-    draw = ImageDraw.Draw(photo)
-    draw.ellipse([30, 50, 130, 150], fill=(240, 210, 40))
-    draw.rectangle([190, 90, 300, 200], fill=(30, 80, 190))
-    draw.polygon([(70, 225), (160, 170), (210, 235)], fill=(190, 40, 70))
-    photo.save(paths["photo"])
-    field = gaussian_filter(rng.normal(size=(256, 176)), 8)
-    Image.fromarray(((field - field.min()) / np.ptp(field) * 255).astype(np.uint8)).save(paths["smooth_noise"])
-    import matplotlib.cbook
-
-    return [*paths.values(), str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))]
 
 
 def main() -> None:
@@ -102,7 +81,7 @@ def main() -> None:
     for e in section["errors"]:
         print("  wrong:", e["image"], e["true"], "->", e["anatomy"] or "unknown", f"({e['reason'] or e['best']})")
     with tempfile.TemporaryDirectory() as folder:
-        probes = not_anatomies(folder)
+        probes = list(write_no_anatomy_images(folder).values())
         if args.set == "real":
             probes += sorted(glob.glob(os.path.join(os.path.dirname(demo), "images", "*", "*_00[0-2].png")))
         answers = []

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from PIL import Image, ImageDraw
 
-from scripts.anatomies import AnatomySet
 from scripts.checkpoints import CheckedCheckpointLoader
 from scripts.datalist import load_anatomies, load_datalist
 from scripts.datasets.demo import generate_demo
+from scripts.datasets.outliers import write_no_anatomy_images
 from scripts.gu2net import GU2Net
 from scripts.recognition import (
     AnatomyRecognizer,
@@ -45,25 +44,10 @@ def fitted(demo) -> AnatomyRecognizer:
 
 @pytest.fixture(scope="module")
 def not_anatomies(tmp_path_factory) -> dict[str, str]:
-    """White noise (the head's image size), a constant image, and a made-up natural photo: an RGB colour gradient
-    with a disc, a box and a triangle (read through the bundle's grey conversion); plus a real photograph
+    """White noise, a constant image, and a made-up natural photo: an RGB colour gradient with a disc, a box and a
+    triangle (read through the bundle's grey conversion); plus a real photograph
     (matplotlib's sample, an out-of-family check: the recogniser's training outliers include none)."""
-    folder = tmp_path_factory.mktemp("not_anatomies")
-    rng = np.random.default_rng(123)
-    paths = {name: str(folder / f"{name}.png") for name in ("noise", "constant", "photo")}
-    Image.fromarray(rng.integers(0, 256, (240, 192), dtype=np.uint8)).save(paths["noise"])
-    Image.fromarray(np.full((224, 224), 97, np.uint8)).save(paths["constant"])
-    yy, xx = np.mgrid[0:240, 0:320] / np.array([240.0, 320.0])[:, None, None]
-    photo = Image.fromarray((np.stack([xx, yy, 1 - 0.6 * xx], -1) * 230 + 10).astype(np.uint8))
-    draw = ImageDraw.Draw(photo)
-    draw.ellipse([30, 50, 130, 150], fill=(240, 210, 40))
-    draw.rectangle([190, 90, 300, 200], fill=(30, 80, 190))
-    draw.polygon([(70, 225), (160, 170), (210, 235)], fill=(190, 40, 70))
-    photo.save(paths["photo"])
-    import matplotlib.cbook
-
-    paths["real_photo"] = str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    return paths
+    return write_no_anatomy_images(str(tmp_path_factory.mktemp("not_anatomies")), seed=123)
 
 
 def test_recognition_accuracy_on_the_demo_test_split(fitted, demo):
