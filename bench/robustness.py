@@ -178,6 +178,7 @@ def main() -> None:
     if not args.ckpt and not args.smoke:
         parser.error("--ckpt is required (or --smoke)")
     args.work = os.path.abspath(args.work)
+    args.ckpt = os.path.abspath(args.ckpt) if args.ckpt else None  # evaluations run from the bundle folder
     os.makedirs(args.work, exist_ok=True)
     t0 = time.time()
     dataset_dir = prepare(args.work, [64, 80] if args.smoke else [128, 160])  # the checkpoint's size is used
