@@ -7,7 +7,8 @@ half grey), it is at least ``min_size`` pixels per side (a warning where it is e
 ``ENLARGE_WARNING`` times to the network input). An image that fails is skipped with a warning naming it and
 why; the others are processed; the run then ends with exit status 1 and, as its last line, how many were skipped.
 ``stop_on_error`` stops at the first instead. Images given without their anatomy are recognised first
-(:mod:`scripts.recognition`); one of an unknown anatomy is skipped the same way. Output names are unique per input (:func:`output_names`).
+(:mod:`scripts.recognition`); one of an unknown anatomy is skipped the same way. Output names are unique per
+input (:func:`output_names`).
 """
 
 from __future__ import annotations
