@@ -190,7 +190,7 @@ def _recognized_inputs(
             check_image_pixels(path)
             rec = recognize(path)
             if not rec.known:
-                raise InputError(rec.message(getattr(recognize, "names", anatomies.names)))
+                raise InputError(rec.message(anatomies.names))  # the recogniser is fitted on the checkpoint's anatomies
             (item,) = inference_items(anatomies, [path], rec.anatomy)
             _check_size(item, anatomies, min_size)
         except (InputError, DatalistError, ValueError, FileNotFoundError) as e:
@@ -198,7 +198,7 @@ def _recognized_inputs(
                 raise InputError(str(e)) from None
             problems.append(str(e))
             continue
-        item.update(anatomy_recognized=True, anatomy_probability=rec.probability, anatomy_distance=rec.distance)
+        item.update(rec.fields())
         checked.append(item)
     return _named(checked, problems, "no image was given")
 

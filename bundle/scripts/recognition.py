@@ -273,6 +273,10 @@ class Recognition:
         """The user's message for an unknown image: the file, the anatomies it resembles none of, and why."""
         return f"{self.image}: unknown anatomy: the image looks like none of {', '.join(names)} ({self.reason})"
 
+    def fields(self) -> dict[str, Any]:
+        """What a recognised image's item and result carry (:data:`RECOGNITION_KEYS`)."""
+        return dict(zip(RECOGNITION_KEYS, (True, float(self.probability), float(self.distance))))
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # training and calibration
@@ -581,10 +585,12 @@ def train_recognizer(
     return cal
 
 
-def load_recognizer(ckpt_path: str, required: bool = True) -> AnatomyRecognizer | None:
+def load_recognizer(
+    ckpt_path: str, required: bool = True, checkpoint: Mapping[str, Any] | None = None
+) -> AnatomyRecognizer | None:
     """The fitted recogniser saved in a checkpoint; without one, an error saying what to do (or None if not
-    ``required``)."""
-    state = read_checkpoint(ckpt_path).get("recognizer")
+    ``required``). ``checkpoint``: the file's contents where the caller has read them already."""
+    state = (checkpoint if checkpoint is not None else read_checkpoint(ckpt_path)).get("recognizer")
     recognizer = AnatomyRecognizer.from_state(state) if state is not None else None
     if recognizer is None or not recognizer.is_fitted:
         if not required:
@@ -614,7 +620,6 @@ def anatomy_recognition(ckpt_path: str, image_loader: Callable | None = None) ->
             print(f"{path}: recognised as {rec.anatomy} (p={rec.probability:.2f}, distance {rec.distance:.1f})", flush=True)
         return rec
 
-    recognize.names = recognizer.names  # type: ignore[attr-defined]  # for the unknown images' messages
     return recognize
 
 

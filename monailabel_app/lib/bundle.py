@@ -141,7 +141,7 @@ class _Loaded:
         self.prepare_batch = parser.get_parsed_content("prepare_batch")
         self.inferer = parser.get_parsed_content("inferer")
         self.decode = parser.get_parsed_content("decode")
-        self.recognizer = scripts.load_recognizer(checkpoint, required=False)
+        self.recognizer = scripts.load_recognizer(checkpoint, required=False, checkpoint=ckpt)
         self.load_image = Compose(parser.get_parsed_content("load_transforms"))
 
     def recognize(self, image: str) -> tuple[str, dict[str, Any]]:
@@ -157,8 +157,7 @@ class _Loaded:
             raise RequestError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
         if not rec.known:
             raise RequestError(rec.message(self.recognizer.names) + "; name it with the request parameter 'anatomy'.")
-        fields = {"anatomy_recognized": True, "anatomy_probability": rec.probability, "anatomy_distance": rec.distance}
-        return str(rec.anatomy), fields
+        return str(rec.anatomy), rec.fields()
 
 
 class LandmarkModel:
