@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="1 epoch each")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
+    args.work = os.path.abspath(args.work)  # the bundle's commands run in bundle/: a relative folder would move
     if args.datalist:  # real data: train.yaml at the accuracy benchmark's CPU settings
         full = os.path.dirname(os.path.abspath(args.datalist))
         configs, common = ["configs/train.yaml"], dict(BUDGETS["cpu"]["overrides"])
