@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30, help="epochs of each training run (the demo's schedule)")
     ap.add_argument("--iterations", type=int, help="training steps of the base and joint runs (real data: CPU budget)")
     ap.add_argument("--add-iterations", type=int, help="training steps of add_anatomy (default: --iterations)")
+    ap.add_argument("--minutes", type=float, help="training time limit per run, in place of the CPU budget's 20 minutes "
+                    "(a busy machine: a run the limit cuts is resumed by the same command, from its last epoch)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="1 epoch each")
     ap.add_argument("--json", help="write the figures here")
@@ -74,6 +76,8 @@ def main() -> None:
     old = [a for a in anatomies if a != args.new]
     base_set = subset(os.path.join(full, "datalist.json"), old, os.path.join(args.work, "base_set"))
     common.update(seed=args.seed, val_interval=5 if args.epochs >= 5 else 1)
+    if args.minutes:
+        common["time_limit_minutes"] = args.minutes
     epochs = 1 if args.smoke else args.epochs
     schedule = {name: {"max_epochs": epochs} for name in ("base", "grown", "joint")}
     if args.iterations and not args.smoke:
