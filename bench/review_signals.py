@@ -93,35 +93,33 @@ def main() -> None:
     args = ap.parse_args()
 
     rows = [r for r in csv.DictReader(open(args.predictions)) if r["anatomy"] == args.anatomy and r["error"] != ""]
-    by_image: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_image[r["image"]].append(r)
+    by_image: dict[str, list[int]] = defaultdict(list)  # image -> its rows, in landmark order
+    for i, r in enumerate(rows):
+        by_image[r["image"]].append(i)
     error = np.array([float(r["error"]) for r in rows])
     confidence = np.array([float(r["confidence"]) for r in rows])
+    predicted = np.array([[float(r["pred_x"]), float(r["pred_y"])] for r in rows])
+    spacing = np.array([float(r["spacing_x"]) for r in rows])  # px -> the csv's unit (isotropic here)
     off = error > args.radius
     print(f"{args.predictions}: {len(rows)} {args.anatomy} landmarks, {int(off.sum())} off by more than {args.radius:g}")
     signals = {"confidence": -confidence}
     if args.datalist:
         shapes = [d["landmarks"] for d in json.load(open(args.datalist))["training"] if d["anatomy"] == args.anatomy]
         model = ShapeResidual(np.asarray(shapes, dtype=np.float64))
-        residual = []
-        for marks in by_image.values():  # rows of one image are consecutive, in landmark order
-            points = np.array([[float(m["pred_x"]), float(m["pred_y"])] for m in marks])
-            residual.extend(model(points) * float(marks[0]["spacing_x"]))  # px -> the csv's unit (isotropic here)
-        residual = np.asarray(residual)
+        residual = np.empty(len(rows))
+        for index in by_image.values():
+            residual[index] = model(predicted[index]) * spacing[index]
         signals["shape residual"] = residual
         signals["residual / confidence"] = residual / np.maximum(confidence, 1e-3)
         signals["rank sum"] = np.argsort(np.argsort(-confidence)) + np.argsort(np.argsort(residual)).astype(float)
     if args.tta:
         keys = [(r["image"], r["landmark"]) for r in rows]
-        own = np.array([[float(r["pred_x"]), float(r["pred_y"])] for r in rows])
         spread = np.zeros(len(rows))
         for path in args.tta:
             other = {(r["image"], r["landmark"]): r for r in csv.DictReader(open(path))}
             moved = np.array([[float(other[k]["pred_x"] or "nan"), float(other[k]["pred_y"] or "nan")]
                               if k in other else [np.nan, np.nan] for k in keys])  # fmt: skip
-            spacing = np.array([float(r["spacing_x"]) for r in rows])
-            distance = np.linalg.norm(moved - own, axis=1) * spacing
+            distance = np.linalg.norm(moved - predicted, axis=1) * spacing
             spread = np.maximum(spread, np.nan_to_num(distance, nan=np.inf))  # no answer: most suspect
         signals["augmentation disagreement"] = spread
     print(f"{'signal (precision at)':27}" + "".join(f"{f'recall {100 * r:g} %':>28}" for r in args.recalls))
