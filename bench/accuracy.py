@@ -9,6 +9,8 @@ standard deviation).
     python bench/accuracy.py --budget cpu --json runs/accuracy_cpu.json      # CPU: 4 runs x 3 seeds, see bench/README.md
     python bench/accuracy.py --budget cpu --augmentation robust --work runs/accuracy_robust --json runs/accuracy_robust.json
     python bench/accuracy.py --budget smoke --seeds 2                        # minutes: checks it runs end to end
+    python bench/accuracy.py --only gu2net_head --seeds 1 --first-seed 1 --json runs/s1.json   # one seed per lane,
+    python bench/accuracy.py --combine runs/s0.json runs/s1.json runs/s2.json --json runs/all.json  # then joined
     python bench/accuracy.py --budget paper --json runs/accuracy_paper.json  # the paper's recipe, for a GPU
 
 Runs: (1) ``gu2net_head``: GU2Net on ISBI 2015 (training 001-150 with a seeded validation slice), scored on Test1
@@ -296,6 +298,46 @@ def format_table(runs: dict) -> str:
     return "\n".join(lines)
 
 
+def combine(paths: list[str], json_out: str | None) -> None:
+    """Join the seeds of several benchmark JSONs (e.g. one per parallel lane) run by run and aggregate them again.
+
+    Refuses a seed that appears twice in one run, and files whose training settings differ (other than the seeds and
+    timings), since their mean would mix two recipes."""
+    runs: dict = {}
+    settings: dict | None = None
+    # the time limit is a safety net (a run it cut shows in its epochs), not part of the recipe
+    volatile = ("seeds", "total_seconds", "cpu_threads", "first_seed", "time_limit_minutes")
+    for path in paths:
+        try:
+            data = json.load(open(path))
+            file_runs, file_settings = data["runs"], data["settings"]
+        except (OSError, ValueError, KeyError) as e:
+            sys.exit(f"{path}: not a benchmark JSON written with --json ({e})")
+        fixed = {k: v for k, v in file_settings.items() if k not in volatile}
+        if settings is None:
+            settings = fixed
+        elif fixed != settings:
+            diff = sorted(k for k in set(fixed) | set(settings) if fixed.get(k) != settings.get(k))
+            sys.exit(f"{path}: its settings differ from {paths[0]}'s in {', '.join(diff)}; not joining two recipes")
+        for name, run in file_runs.items():
+            joined = runs.setdefault(name, [])
+            taken = {s["seed"] for s in joined}
+            for s in run["seeds"]:
+                if s["seed"] in taken:
+                    sys.exit(f"{path}: {name} seed {s['seed']} is already in an earlier file; not counting it twice")
+                joined.append(s)
+    runs = {name: {"seeds": sorted(seeds, key=lambda s: s["seed"]), "aggregate": aggregate(seeds)}
+            for name, seeds in runs.items()}  # fmt: skip
+    settings = dict(settings or {}, seeds=max(len(r["seeds"]) for r in runs.values()), combined_from=paths)
+    table = format_table(runs)
+    print(table)
+    if json_out:
+        from scripts.files import write_json_atomic
+
+        write_json_atomic({"runs": runs, "together_vs_alone": together_vs_alone(runs), "paper_head": PAPER_HEAD,
+                           "settings": settings, "table": table}, json_out)  # fmt: skip
+
+
 def _key_value(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -312,6 +354,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(RUNS), help="run only these (with --json, the other runs are "
                         f"kept from that file); default: {' '.join(DEFAULT_RUNS)}")  # fmt: skip
     parser.add_argument("--seeds", type=int, help="seeds per run, 0..N-1 (default: 3 in CPU mode, else 1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST..FIRST+N-1 instead (seeds in "
+                        "parallel lanes, each with its own --work and --json; --combine joins them)")  # fmt: skip
+    parser.add_argument("--combine", nargs="+", metavar="JSON", help="train nothing: join the seeds of these earlier "
+                        "--json files run by run, then print (and with --json write) the mean ± std table")  # fmt: skip
     parser.add_argument("--augmentation", choices=["robust", "paper"], default="paper",
                         help=f"the training augmentation (paper, the default: the paper's recipe; robust: with EMA {ROBUST_EMA} unless --ema-decay)")  # fmt: skip
     parser.add_argument("--ema-decay", type=float, help="the weights' moving average (0: off; default: the config's)")
@@ -323,6 +369,9 @@ def main() -> None:
                         help="any config override for every run, e.g. --set crop_prob=0 (ablations)")  # fmt: skip
     args = parser.parse_args()
     args.set = dict(args.set)
+    if args.combine:
+        combine(args.combine, args.json)
+        return
     for folder in ("head", "chest", "hand"):
         if not os.path.isdir(os.path.join(DATA, folder)):
             sys.exit(f"the real data is not at {os.path.join(DATA, folder)}")
@@ -337,7 +386,7 @@ def main() -> None:
     runs: dict = {}
     for name in args.only or DEFAULT_RUNS:
         results = []
-        for seed in range(seeds):
+        for seed in range(args.first_seed, args.first_seed + seeds):
             print(f"== {name}, seed {seed}: training and evaluating ...", flush=True)
             results.append(train_and_evaluate(name, seed, sets[RUNS[name][0]], args, budget))
             print(json.dumps(results[-1]), flush=True)
@@ -354,7 +403,8 @@ def main() -> None:
     table = format_table(runs)
     settings = {
         "budget": args.budget, "sizes_WxH": budget["sizes"], "iterations_per_run": budget.get("iterations"),
-        **budget["overrides"], "seeds": seeds, "augmentation": args.augmentation, "ema_decay": args.ema_decay,
+        **budget["overrides"], "time_limit_minutes": args.minutes or budget["overrides"].get("time_limit_minutes"),
+        "seeds": seeds, "first_seed": args.first_seed, "augmentation": args.augmentation, "ema_decay": args.ema_decay,
         "mirror": args.mirror, "val_fraction": args.val_fraction, "set": args.set,
         "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "cpu_threads": torch.get_num_threads(), "total_seconds": round(time.time() - t0, 1),
