@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -75,6 +76,33 @@ class ShapeResidual:
         return out
 
 
+    def of_rows(self, mine: list[dict], landmarks: list[str]) -> np.ndarray:
+        """The residual of ``landmarks`` from an image's whole predicted shape, ``mine`` (its csv rows, scored or
+        not: a landmark without an annotation still places the others). inf where the image has no complete
+        predicted shape (a missing prediction: most suspect)."""
+        shape = np.array([[float(r["pred_x"] or "nan"), float(r["pred_y"] or "nan")] for r in mine])
+        if len(mine) != len(self.models) or not np.isfinite(shape).all():
+            return np.full(len(landmarks), np.inf)
+        residual = self(shape)
+        order = {r["landmark"]: k for k, r in enumerate(mine)}
+        return residual[[order[name] for name in landmarks]]
+
+
+def training_shapes(datalist: str, anatomy: str, minimum: int = 10) -> np.ndarray:
+    """The ``training`` split's fully annotated ``anatomy`` shapes (a missing landmark is ``null``), as (N, K, 2)."""
+    try:
+        items = [d for d in json.load(open(datalist))["training"] if d["anatomy"] == anatomy]
+        rows = [[[np.nan, np.nan] if p is None else p for p in d["landmarks"]] for d in items]
+        shapes = np.array(rows, dtype=np.float64).reshape(len(items), -1, 2)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"{datalist}: cannot read its {anatomy} training landmarks ({e})")
+    complete = shapes[np.isfinite(shapes).all(axis=(1, 2))]
+    if len(complete) < minimum:
+        sys.exit(f"{datalist}: {len(complete)} of {len(shapes)} {anatomy} training shapes have every landmark "
+                 f"annotated; the shape model needs at least {minimum}")  # fmt: skip
+    return complete
+
+
 def best_precision(suspicion: np.ndarray, off: np.ndarray, recall: float) -> tuple[float, int]:
     """Precision and flagged count of the best threshold on ``suspicion`` reaching ``recall`` of ``off``."""
     hits = np.cumsum(off[np.argsort(-suspicion, kind="stable")])
@@ -92,7 +120,8 @@ def main() -> None:
     ap.add_argument("--recalls", type=float, nargs="+", default=[0.5, 0.8, 0.9])
     args = ap.parse_args()
 
-    rows = [r for r in csv.DictReader(open(args.predictions)) if r["anatomy"] == args.anatomy and r["error"] != ""]
+    every = [r for r in csv.DictReader(open(args.predictions)) if r["anatomy"] == args.anatomy]
+    rows = [r for r in every if r["error"] != ""]  # scored: annotated and predicted
     by_image: dict[str, list[int]] = defaultdict(list)  # image -> its rows, in landmark order
     for i, r in enumerate(rows):
         by_image[r["image"]].append(i)
@@ -104,11 +133,13 @@ def main() -> None:
     print(f"{args.predictions}: {len(rows)} {args.anatomy} landmarks, {int(off.sum())} off by more than {args.radius:g}")
     signals = {"confidence": -confidence}
     if args.datalist:
-        shapes = [d["landmarks"] for d in json.load(open(args.datalist))["training"] if d["anatomy"] == args.anatomy]
-        model = ShapeResidual(np.asarray(shapes, dtype=np.float64))
+        model = ShapeResidual(training_shapes(args.datalist, args.anatomy))
+        whole: dict[str, list[dict]] = defaultdict(list)
+        for r in every:
+            whole[r["image"]].append(r)
         residual = np.empty(len(rows))
-        for index in by_image.values():
-            residual[index] = model(predicted[index]) * spacing[index]
+        for image, index in by_image.items():
+            residual[index] = model.of_rows(whole[image], [rows[i]["landmark"] for i in index]) * spacing[index]
         signals["shape residual"] = residual
         signals["residual / confidence"] = residual / np.maximum(confidence, 1e-3)
         signals["rank sum"] = np.argsort(np.argsort(-confidence)) + np.argsort(np.argsort(residual)).astype(float)
