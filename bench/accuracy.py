@@ -7,7 +7,7 @@ repeated over seeds (``--seeds``; 3 in CPU mode) and every figure is reported as
 standard deviation).
 
     python bench/accuracy.py --budget cpu --json runs/accuracy_cpu.json      # CPU: 4 runs x 3 seeds, see bench/README.md
-    python bench/accuracy.py --budget cpu --augmentation robust --work runs/accuracy_robust --json runs/accuracy_robust.json
+    python bench/accuracy.py --budget cpu --augmentation paper --work runs/accuracy_paper --json runs/accuracy_paper.json
     python bench/accuracy.py --budget smoke --seeds 2                        # minutes: checks it runs end to end
     python bench/accuracy.py --only gu2net_head --seeds 1 --first-seed 1 --json runs/s1.json   # one seed per lane,
     python bench/accuracy.py --combine runs/s0.json runs/s1.json runs/s2.json --json runs/all.json  # then joined
@@ -75,7 +75,6 @@ BUDGETS = {
     },
 }
 
-ROBUST_EMA = 0.995  # --augmentation robust: the weights' moving average it was measured with
 TRAIN = ["configs/train.yaml"]
 EVALUATE = ["configs/train.yaml", "configs/evaluate.yaml"]
 UNET = os.path.join(REPO, "bench", "unet.yaml")
@@ -167,11 +166,11 @@ def train_and_evaluate(name: str, seed: int, dataset_dir: str, args: argparse.Na
     common = {"dataset_dir": dataset_dir, "output_dir": out, "experiment_name": f"accuracy_{name}", "seed": seed}
     if args.device:
         common["device"] = f"$torch.device('{args.device}')"
-    overrides = dict(budget["overrides"], augmentation=args.augmentation)
-    # the robust recipe as measured on 2026-11-30: with an average of the weights (the config's default is none)
-    ema = args.ema_decay if args.ema_decay is not None else (ROBUST_EMA if args.augmentation == "robust" else None)
-    if ema is not None:
-        overrides["ema_decay"] = ema
+    overrides = dict(budget["overrides"])
+    if args.augmentation:
+        overrides["augmentation"] = args.augmentation
+    if args.ema_decay is not None:
+        overrides["ema_decay"] = args.ema_decay
     if budget.get("iterations"):
         batches = _batches_per_epoch(dataset_dir, int(overrides["batch_size"]))
         epochs = max(1, round(budget["iterations"] / batches))
@@ -338,6 +337,14 @@ def combine(paths: list[str], json_out: str | None) -> None:
                            "settings": settings, "table": table}, json_out)  # fmt: skip
 
 
+def train_default(key: str):
+    """``key``'s value in ``configs/train.yaml`` (what a run without an override of it trained with)."""
+    import yaml
+
+    with open(os.path.join(BUNDLE, TRAIN[0])) as f:
+        return yaml.safe_load(f)[key]
+
+
 def _key_value(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -358,8 +365,8 @@ def main() -> None:
                         "parallel lanes, each with its own --work and --json; --combine joins them)")  # fmt: skip
     parser.add_argument("--combine", nargs="+", metavar="JSON", help="train nothing: join the seeds of these earlier "
                         "--json files run by run, then print (and with --json write) the mean ± std table")  # fmt: skip
-    parser.add_argument("--augmentation", choices=["robust", "paper"], default="paper",
-                        help=f"the training augmentation (paper, the default: the paper's recipe; robust: with EMA {ROBUST_EMA} unless --ema-decay)")  # fmt: skip
+    parser.add_argument("--augmentation", choices=["robust", "paper"], help="the training augmentation (default: "
+                        "train.yaml's, robust with only its framing lever on; paper: the paper's recipe)")  # fmt: skip
     parser.add_argument("--ema-decay", type=float, help="the weights' moving average (0: off; default: the config's)")
     parser.add_argument("--mirror", choices=["auto", "off"], default="auto", help="mirroring at test time")
     parser.add_argument("--val-fraction", type=float, help="share of ISBI's training images for validation (default 0.1)")
@@ -404,7 +411,8 @@ def main() -> None:
     settings = {
         "budget": args.budget, "sizes_WxH": budget["sizes"], "iterations_per_run": budget.get("iterations"),
         **budget["overrides"], "time_limit_minutes": args.minutes or budget["overrides"].get("time_limit_minutes"),
-        "seeds": seeds, "first_seed": args.first_seed, "augmentation": args.augmentation, "ema_decay": args.ema_decay,
+        "seeds": seeds, "first_seed": args.first_seed, "augmentation": args.augmentation or train_default("augmentation"),
+        "ema_decay": args.ema_decay if args.ema_decay is not None else train_default("ema_decay"),
         "mirror": args.mirror, "val_fraction": args.val_fraction, "set": args.set,
         "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "cpu_threads": torch.get_num_threads(), "total_seconds": round(time.time() - t0, 1),

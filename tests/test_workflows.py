@@ -75,7 +75,7 @@ def test_one_training_iteration_with_missing_landmarks_is_finite(with_missing, t
     parser.update(
         {
             "dataset_dir": with_missing, "output_dir": str(tmp_path), "batch_size": 2, "max_epochs": 1,
-            "rotate_prob": 1.0, "translate_prob": 1.0, "train#trainer#epoch_length": 1, "train#handlers": [],
+            "framing_prob": 1.0, "rotate_prob": 1.0, "translate_prob": 1.0, "train#trainer#epoch_length": 1, "train#handlers": [],
             "train#datalist": f"$[d for d in scripts.load_datalist(@datalist, 'training', anatomies=@anatomies) if d['anatomy'] == 'chest'][:2]",
         }
     )  # fmt: skip
