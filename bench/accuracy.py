@@ -328,21 +328,26 @@ def combine(paths: list[str], json_out: str | None) -> None:
     runs = {name: {"seeds": sorted(seeds, key=lambda s: s["seed"]), "aggregate": aggregate(seeds)}
             for name, seeds in runs.items()}  # fmt: skip
     settings = dict(settings or {}, seeds=max(len(r["seeds"]) for r in runs.values()), combined_from=paths)
+    print(report(runs, settings, json_out))
+
+
+def report(runs: dict, settings: dict, json_out: str | None) -> str:
+    """The mean ± std table of ``runs``; with ``json_out``, also every seed's figures and the settings as JSON."""
     table = format_table(runs)
-    print(table)
     if json_out:
         from scripts.files import write_json_atomic
 
         write_json_atomic({"runs": runs, "together_vs_alone": together_vs_alone(runs), "paper_head": PAPER_HEAD,
                            "settings": settings, "table": table}, json_out)  # fmt: skip
+    return table
 
 
-def train_default(key: str):
-    """``key``'s value in ``configs/train.yaml`` (what a run without an override of it trained with)."""
+def train_defaults() -> dict:
+    """``configs/train.yaml``'s values (what a run trained with where it did not override them)."""
     import yaml
 
     with open(os.path.join(BUNDLE, TRAIN[0])) as f:
-        return yaml.safe_load(f)[key]
+        return yaml.safe_load(f)
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -407,25 +412,20 @@ def main() -> None:
 
     import torch
 
-    table = format_table(runs)
+    defaults = train_defaults()
     settings = {
         "budget": args.budget, "sizes_WxH": budget["sizes"], "iterations_per_run": budget.get("iterations"),
         **budget["overrides"], "time_limit_minutes": args.minutes or budget["overrides"].get("time_limit_minutes"),
-        "seeds": seeds, "first_seed": args.first_seed, "augmentation": args.augmentation or train_default("augmentation"),
-        "ema_decay": args.ema_decay if args.ema_decay is not None else train_default("ema_decay"),
+        "seeds": seeds, "first_seed": args.first_seed, "augmentation": args.augmentation or defaults["augmentation"],
+        "ema_decay": args.ema_decay if args.ema_decay is not None else defaults["ema_decay"],
         "mirror": args.mirror, "val_fraction": args.val_fraction, "set": args.set,
         "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "cpu_threads": torch.get_num_threads(), "total_seconds": round(time.time() - t0, 1),
         "label": "head: mean of senior and junior", "test_sets": "head: ISBI 2015 Test1 (151-300); chest: JSRT, seeded 20 %; "
         "hand: Payer et al.'s labels, seeded third",
     }  # fmt: skip
-    print(table)
+    print(report(runs, settings, args.json))
     print(json.dumps(settings))
-    if args.json:
-        from scripts.files import write_json_atomic
-
-        write_json_atomic({"runs": runs, "together_vs_alone": together_vs_alone(runs), "paper_head": PAPER_HEAD,
-                           "settings": settings, "table": table}, args.json)  # fmt: skip
 
 
 if __name__ == "__main__":

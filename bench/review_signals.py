@@ -75,7 +75,6 @@ class ShapeResidual:
             out[i] = np.linalg.norm(_apply(points[i : i + 1], t)[0] - expected) / t[2]  # back to image pixels
         return out
 
-
     def of_rows(self, mine: list[dict], landmarks: list[str]) -> np.ndarray:
         """The residual of ``landmarks`` from an image's whole predicted shape, ``mine`` (its csv rows, scored or
         not: a landmark without an annotation still places the others). inf where the image has no complete
@@ -122,9 +121,6 @@ def main() -> None:
 
     every = [r for r in csv.DictReader(open(args.predictions)) if r["anatomy"] == args.anatomy]
     rows = [r for r in every if r["error"] != ""]  # scored: annotated and predicted
-    by_image: dict[str, list[int]] = defaultdict(list)  # image -> its rows, in landmark order
-    for i, r in enumerate(rows):
-        by_image[r["image"]].append(i)
     error = np.array([float(r["error"]) for r in rows])
     confidence = np.array([float(r["confidence"]) for r in rows])
     predicted = np.array([[float(r["pred_x"]), float(r["pred_y"])] for r in rows])
@@ -134,9 +130,12 @@ def main() -> None:
     signals = {"confidence": -confidence}
     if args.datalist:
         model = ShapeResidual(training_shapes(args.datalist, args.anatomy))
-        whole: dict[str, list[dict]] = defaultdict(list)
+        whole: dict[str, list[dict]] = defaultdict(list)  # image -> all its rows (its predicted shape)
         for r in every:
             whole[r["image"]].append(r)
+        by_image: dict[str, list[int]] = defaultdict(list)  # image -> the indices of its scored rows
+        for i, r in enumerate(rows):
+            by_image[r["image"]].append(i)
         residual = np.empty(len(rows))
         for image, index in by_image.items():
             residual[index] = model.of_rows(whole[image], [rows[i]["landmark"] for i in index]) * spacing[index]
