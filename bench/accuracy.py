@@ -78,6 +78,7 @@ BUDGETS = {
 TRAIN = ["configs/train.yaml"]
 EVALUATE = ["configs/train.yaml", "configs/evaluate.yaml"]
 UNET = os.path.join(REPO, "bench", "unet.yaml")
+REFINE = "configs/refine.yaml"
 # name -> (datalist, extra configs, evaluated split); the head is scored on Test1 (the universal set's "test" holds
 # the head's Test1 too: the challenge protocol's test = Test1 + Test2, and Test2 is not here)
 RUNS = {
@@ -162,7 +163,10 @@ def _batches_per_epoch(dataset_dir: str, batch_size: int) -> int:
 def train_and_evaluate(name: str, seed: int, dataset_dir: str, args: argparse.Namespace, budget: dict) -> dict:
     _, extra, split = RUNS[name]
     out = os.path.join(args.work, name, f"seed{seed}")
-    shutil.rmtree(out, ignore_errors=True)  # a fresh run: training would resume from an earlier run's checkpoints
+    model = os.path.join(out, "models", "model.pt")
+    reuse = args.keep_trained and os.path.isfile(model)
+    if not reuse:
+        shutil.rmtree(out, ignore_errors=True)  # a fresh run: training would resume from an earlier run's checkpoints
     common = {"dataset_dir": dataset_dir, "output_dir": out, "experiment_name": f"accuracy_{name}", "seed": seed}
     if args.device:
         common["device"] = f"$torch.device('{args.device}')"
@@ -182,16 +186,32 @@ def train_and_evaluate(name: str, seed: int, dataset_dir: str, args: argparse.Na
         overrides["train#datalist"] = _limited("'training'", limit["training"])
         overrides["validate#datalist"] = _limited("'validation'", limit["validation"])
     overrides.update(args.set)
-    logs = {k: os.path.join(args.work, f"{name}_seed{seed}_{k}.log") for k in ("train", "eval")}
-    train_s = _bundle("training", TRAIN + extra, {**common, **overrides}, logs["train"])
-    evaluation = {**common, "output_dir": os.path.join(out, split), "ckpt_path": os.path.join(out, "models", "model.pt"),
-                  "eval_split": split, "baseline": False, "mirror_test": args.mirror != "off"}  # fmt: skip
+    logs = {k: os.path.join(args.work, f"{name}_seed{seed}_{k}.log") for k in ("train", "refine", "eval", "eval_coarse")}
+    train_s = None if reuse else _bundle("training", TRAIN + extra, {**common, **overrides}, logs["train"])
+    refine_s = None
+    if args.refine == "on":
+        # the refinement stage (configs/refine.yaml) on the same training images; the smoke budget: one epoch
+        refine = {**common, **{k: v for k, v in overrides.items() if k.startswith("train#") or k == "time_limit_minutes"}}
+        refine.update({"refine#datalist": overrides["train#datalist"]} if "train#datalist" in overrides else {})
+        refine.update({"refine_epochs": 1} if limit else {})
+        refine_s = _bundle("refining", TRAIN + extra + [REFINE], {**refine, **args.set}, logs["refine"])
+    evaluation = {**common, "output_dir": os.path.join(out, split), "ckpt_path": model, "eval_split": split,
+                  "baseline": False, "mirror_test": args.mirror != "off", "refine": args.refine == "on"}  # fmt: skip
     if limit:
         evaluation["dataset#data"] = _limited("@eval_split", limit["test"])
     _bundle("evaluating", EVALUATE + extra, {**evaluation, **args.set}, logs["eval"])
     metrics = json.load(open(os.path.join(out, split, "metrics.json")))
-    with open(logs["train"]) as f:
-        epochs = len(re.findall(r"SupervisedTrainer - INFO - Epoch\[\d+\] Complete", f.read()))  # not the evaluator's
+    coarse = {}
+    if args.refine == "on":
+        # the same checkpoint without the refiner: what the second stage adds, image for image
+        evaluation.update(output_dir=os.path.join(out, f"{split}_coarse"), refine=False)
+        _bundle("evaluating", EVALUATE + extra, {**evaluation, **args.set}, logs["eval_coarse"])
+        before = json.load(open(os.path.join(out, f"{split}_coarse", "metrics.json")))
+        coarse = {a: {"MRE": v["MRE"], "SDR": v["SDR"]} for a, v in before.items() if not a.startswith("_")}
+    epochs = None
+    if os.path.isfile(logs["train"]):  # a reused run (--keep-trained) may have left none here
+        with open(logs["train"]) as f:
+            epochs = len(re.findall(r"SupervisedTrainer - INFO - Epoch\[\d+\] Complete", f.read()))  # not the evaluator's
     anatomies = {}
     for anatomy, v in metrics.items():
         if anatomy.startswith("_"):
@@ -201,10 +221,11 @@ def train_and_evaluate(name: str, seed: int, dataset_dir: str, args: argparse.Na
             "images": v["images"], "unit": v["unit"], "MRE": v["MRE"], "STD": v["STD"], "median": v["median"],
             "SDR": v["SDR"], "flag_recall": review.get("recall"), "flag_precision": review.get("precision"),
             "flag_threshold": review.get("threshold"), "flagged_share": review.get("flagged_share"),
-            "mirrored_images": v.get("mirrored_images", 0),
+            "mirrored_images": v.get("mirrored_images", 0), "coarse": coarse.get(anatomy),
         }  # fmt: skip
-    return {"name": name, "seed": seed, "split": split, "train_seconds": round(train_s, 1), "epochs": epochs,
-            "anatomies": anatomies}  # fmt: skip
+    return {"name": name, "seed": seed, "split": split, "epochs": epochs, "anatomies": anatomies,
+            "train_seconds": None if train_s is None else round(train_s, 1),  # None: --keep-trained reused the run
+            "refine_seconds": None if refine_s is None else round(refine_s, 1)}  # fmt: skip
 
 
 def _mean_std(values: list) -> dict:
@@ -218,13 +239,16 @@ def _mean_std(values: list) -> dict:
 def aggregate(seeds: list[dict]) -> dict:
     """Per anatomy, mean and sample std over the seeds of every figure; the run's epochs and training time."""
     out: dict = {"epochs": _mean_std([s["epochs"] for s in seeds]), "train_seconds": _mean_std([s["train_seconds"] for s in seeds]),
-                 "anatomies": {}}  # fmt: skip
+                 "refine_seconds": _mean_std([s.get("refine_seconds") for s in seeds]), "anatomies": {}}  # fmt: skip
     for anatomy in seeds[0]["anatomies"]:
         runs = [s["anatomies"][anatomy] for s in seeds if anatomy in s["anatomies"]]
         entry = {"images": runs[0]["images"], "unit": runs[0]["unit"]}
         for key in ("MRE", "STD", "median", "flag_recall", "flag_precision", "flag_threshold", "flagged_share"):
             entry[key] = _mean_std([r[key] for r in runs])
         entry["SDR"] = {r: _mean_std([x["SDR"].get(r) for x in runs]) for r in runs[0]["SDR"]}
+        if all(r.get("coarse") for r in runs):  # scored without the refinement stage too
+            entry["coarse"] = {"MRE": _mean_std([r["coarse"]["MRE"] for r in runs]),
+                               "SDR": {k: _mean_std([r["coarse"]["SDR"].get(k) for r in runs]) for k in runs[0]["SDR"]}}  # fmt: skip
         out["anatomies"][anatomy] = entry
     return out
 
@@ -261,17 +285,21 @@ def together_vs_alone(runs: dict) -> list[dict]:
 
 def format_table(runs: dict) -> str:
     lines = [f"{'run':<17} {'anatomy':<7} {'MRE':>13} {'STD':>6}  {'SDR (radius: mean ± std %)':<58} "
-             f"{'flag recall':>16} {'flag precision':>16} {'epochs':>6} {'train min':>9}"]  # fmt: skip
+             f"{'flag recall':>16} {'flag precision':>16} {'epochs':>6} {'train min':>9} {'refine min':>10}"]  # fmt: skip
     for name, run in runs.items():
         agg = run["aggregate"]
         for anatomy, v in agg["anatomies"].items():
             sdr = "  ".join(f"{r}: {_ms(s, 1)}" for r, s in v["SDR"].items())
-            minutes = agg["train_seconds"]["mean"] / 60 if agg["train_seconds"]["mean"] else float("nan")
+            minutes = [(agg.get(k) or {}).get("mean") for k in ("train_seconds", "refine_seconds")]
+            minutes = [m / 60 if m else float("nan") for m in minutes]
             lines.append(
                 f"{name:<17} {anatomy:<7} {_ms(v['MRE']):>13} {v['STD']['mean'] or float('nan'):6.2f}  {sdr:<58} "
                 f"{_ms(v['flag_recall'], 1, True):>16} {_ms(v['flag_precision'], 1, True):>16} "
-                f"{agg['epochs']['mean'] or 0:6.1f} {minutes:9.1f}"
+                f"{agg['epochs']['mean'] or 0:6.1f} {minutes[0]:9.1f} {minutes[1]:10.1f}"
             )
+            if v.get("coarse"):
+                sdr = "  ".join(f"{r}: {_ms(s, 1)}" for r, s in v["coarse"]["SDR"].items())
+                lines.append(f"{'  without refiner':<17} {anatomy:<7} {_ms(v['coarse']['MRE']):>13} {'':6}  {sdr:<58}")
     lines.append(f"{'paper GU2Net (T1+T2)':<25} {PAPER_HEAD['MRE']:>13.2f} {'':>6}  2: {PAPER_HEAD['SDR']['2']:.2f}  4: {PAPER_HEAD['SDR']['4']:.2f}")
     lines.append(f"(mean ± sample std over {max(r['aggregate']['anatomies'][a]['MRE']['n'] for r in runs.values() for a in r['aggregate']['anatomies'])} "
                  "seed(s); unit mm; flag = review flag, recall/precision of landmarks off by more than the largest SDR radius)")  # fmt: skip
@@ -305,7 +333,7 @@ def combine(paths: list[str], json_out: str | None) -> None:
     runs: dict = {}
     settings: dict | None = None
     # the time limit is a safety net (a run it cut shows in its epochs), not part of the recipe
-    volatile = ("seeds", "total_seconds", "cpu_threads", "first_seed", "time_limit_minutes")
+    volatile = ("seeds", "total_seconds", "cpu_threads", "first_seed", "time_limit_minutes", "kept_trained")
     for path in paths:
         try:
             data = json.load(open(path))
@@ -374,6 +402,10 @@ def main() -> None:
                         "train.yaml's, robust with only its framing lever on; paper: the paper's recipe)")  # fmt: skip
     parser.add_argument("--ema-decay", type=float, help="the weights' moving average (0: off; default: the config's)")
     parser.add_argument("--mirror", choices=["auto", "off"], default="auto", help="mirroring at test time")
+    parser.add_argument("--refine", choices=["on", "off"], default="on", help="train the refinement stage after "
+                        "each run and score with it, and without it for comparison (default on)")  # fmt: skip
+    parser.add_argument("--keep-trained", action="store_true", help="reuse a finished training run found in --work "
+                        "(its models/model.pt) instead of training again: e.g. to add the refiner to earlier runs")  # fmt: skip
     parser.add_argument("--val-fraction", type=float, help="share of ISBI's training images for validation (default 0.1)")
     parser.add_argument("--minutes", type=float, help="training time limit per run, in place of the budget's")
     parser.add_argument("--iterations", type=int, help="training iterations per run, in place of the budget's (CPU mode)")
@@ -418,7 +450,7 @@ def main() -> None:
         **budget["overrides"], "time_limit_minutes": args.minutes or budget["overrides"].get("time_limit_minutes"),
         "seeds": seeds, "first_seed": args.first_seed, "augmentation": args.augmentation or defaults["augmentation"],
         "ema_decay": args.ema_decay if args.ema_decay is not None else defaults["ema_decay"],
-        "mirror": args.mirror, "val_fraction": args.val_fraction, "set": args.set,
+        "mirror": args.mirror, "refine": args.refine, "kept_trained": args.keep_trained, "val_fraction": args.val_fraction, "set": args.set,
         "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "cpu_threads": torch.get_num_threads(), "total_seconds": round(time.time() - t0, 1),
         "label": "head: mean of senior and junior", "test_sets": "head: ISBI 2015 Test1 (151-300); chest: JSRT, seeded 20 %; "

@@ -191,6 +191,41 @@ def test_inference_writes_original_space_json_and_overlay(trained):
     assert os.path.getsize(os.path.join(out, "hand_005_overlay.png")) > 0
 
 
+def test_refining_trains_a_refiner_that_inference_and_evaluation_then_use(trained, tmp_path):
+    """configs/refine.yaml after training (in a copy of the run, so the other tests meet no refiner): refiner.pt
+    beside model.pt, its MLflow run; inference refines the decoded points (JSON ``refined``; where they move to is
+    tests/test_refinement.py's) and evaluation scores the refined ones."""
+    import shutil
+
+    run = str(tmp_path / "run")
+    os.makedirs(os.path.join(run, "models"))
+    ckpt = os.path.join(run, "models", "model.pt")
+    shutil.copy(os.path.join(trained["out"], "models", "model.pt"), ckpt)
+    bundle(
+        "run", "refining", "--config_file", "['configs/train.yaml','configs/refine.yaml']", "--dataset_dir", trained["data"],
+        "--output_dir", run, "--refine_epochs", "2", "--refine_samples", "2", "--refine_patch", "32",
+    )
+    assert os.path.isfile(os.path.join(run, "models", "refiner", "refiner.pt"))
+    assert sorted(f for f in os.listdir(os.path.join(run, "models", "refiner")) if f.startswith("checkpoint_")) == [
+        "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]  # fmt: skip
+    client, runs = _mlflow(run)
+    (refine_run,) = [r for r in runs if r.info.run_name.startswith("refine_")]
+    assert "models/refiner/refiner.pt" in {a.path for a in client.list_artifacts(refine_run.info.run_id, "models/refiner")}
+    out = os.path.join(run, "infer")
+    bundle(
+        "run", "inference", "--config_file", BASE, "--ckpt_path", ckpt, "--output_dir", out,
+        "--input_images", f"['{os.path.join(trained['data'], 'images', 'hand', 'hand_005.png')}']", "--input_anatomy", "hand",
+    )  # fmt: skip
+    result = json.load(open(os.path.join(out, "hand_005.json")))
+    assert result["refined"] is True and len(result["landmarks"]) == 37
+    xs, ys = np.array([[p["x"], p["y"]] for p in result["landmarks"]]).T
+    assert np.isfinite(xs).all() and xs.min() >= -0.5 and xs.max() <= 175.5 and ys.min() >= -0.5 and ys.max() <= 255.5
+    out = os.path.join(run, "eval")
+    bundle("run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", trained["data"], "--ckpt_path", ckpt, "--output_dir", out)
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["_run"]["refiner"].endswith(os.path.join("refiner", "refiner.pt")) and np.isfinite(metrics["hand"]["MRE"])
+
+
 def test_inference_without_an_anatomy_uses_the_recogniser_trained_with_the_model(trained):
     out = os.path.join(trained["out"], "infer_recognised")
     ckpt = os.path.join(trained["out"], "models", "model.pt")

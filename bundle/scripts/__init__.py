@@ -61,6 +61,7 @@ from .recognition import (
     train_recognizer,
 )
 from .reports import EvaluationReport
+from .refinement import LandmarkRefiner, PatchHeatmapLoss, RandLandmarkPatchesd, RefineLandmarksd, landmark_patches
 from .review import ChooseReviewThresholds, FlagReviewd, ReviewThresholds
 from .run_lock import RunLockError, lock_output_dir
 from .runtime import keep_freed_memory

@@ -80,18 +80,25 @@ class ResizeToSized(MapTransform):
 
     MONAI's ``Resized`` takes one fixed size; in a universal dataset every anatomy has its own, so the
     size is read per item. The resize is MONAI's ``Resize`` (bilinear, anti-aliased; the affine is updated).
+    ``factor``: that size times this (the refinement stage's finer grid, :mod:`scripts.refinement`).
     """
 
     def __init__(
-        self, keys: KeysCollection, size_key: str = "size", mode: str = "bilinear", allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        size_key: str = "size",
+        mode: str = "bilinear",
+        factor: int = 1,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.size_key = size_key
         self.mode = mode
+        self.factor = int(factor)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        size = [int(s) for s in d[self.size_key]]
+        size = [int(s) * self.factor for s in d[self.size_key]]
         resize = Resize(spatial_size=size, mode=self.mode, anti_aliasing=True)
         for key in self.key_iterator(d):
             d[key] = resize(d[key])

@@ -101,6 +101,8 @@ class SaveLandmarksd(MapTransform):
                 "landmarks": landmarks,
             }
             result.update(review_fields(d, result["landmarks"]))
+            # moved by the refinement stage (scripts.refinement.RefineLandmarksd keeps the decoded points beside them)
+            result["refined"] = f"{key}_coarse" in d
             write_json_atomic(result, os.path.join(self.output_dir, f"{stem}.json"))
             if self.overlay:
                 # colours around the item's review threshold (scripts.review.FlagReviewd) where it was flagged

@@ -2,7 +2,7 @@
 
 Nothing of the network, the transforms or the decoding is copied here: :class:`LandmarkModel` asks the bundle's
 configs (through ``monai.bundle.ConfigParser``) for ``network``, ``preprocessing``, ``prepare_batch``,
-``inferer`` and ``decode``, and runs them as the bundle's ``inference`` workflow does for one image, so the
+``inferer``, ``decode`` and ``refine_landmarks`` (the refinement stage, where one was trained), and runs them as the bundle's ``inference`` workflow does for one image, so the
 landmarks equal those of ``python -m monai.bundle run inference`` on the same image and checkpoint.
 """
 
@@ -141,6 +141,8 @@ class _Loaded:
         self.prepare_batch = parser.get_parsed_content("prepare_batch")
         self.inferer = parser.get_parsed_content("inferer")
         self.decode = parser.get_parsed_content("decode")
+        # the refinement stage beside the checkpoint (refiner/refiner.pt), where it was trained; else a no-op
+        self.refine = parser.get_parsed_content("refine_landmarks")
         self.recognizer = scripts.load_recognizer(checkpoint, required=False, checkpoint=ckpt)
         self.load_image = Compose(parser.get_parsed_content("load_transforms"))
 
@@ -245,7 +247,7 @@ class LandmarkModel:
                 pred = loaded.inferer(inputs, loaded.network, *args, **kwargs)
             out = decollate_batch(batch)[0]
             out["image"], out["pred"] = decollate_batch(inputs)[0], pred[0]
-            out = loaded.decode(out)
+            out = loaded.refine(loaded.decode(out))
             threshold = loaded.review_thresholds.thresholds.get(anatomy)  # chosen on validation data, if it was
             return Prediction(
                 anatomy=anatomy,

@@ -1,0 +1,307 @@
+"""A second stage that refines each landmark in a patch at a finer resolution around it.
+
+GU2Net sees the whole image at its anatomy's network size (a cephalogram at 128 x 160 on the CPU budget: one
+pixel is 1.5 mm), so its sub-pixel decoding is what limits its accuracy. The refiner looks again, at
+``factor`` times that resolution, in a ``patch_size`` square around each decoded landmark, and moves it to the
+peak it finds there. Its grid is the original image resized to ``factor`` x the anatomy's network size, so,
+like the network, it needs no pixel spacing and sees an anatomy at the scale the network does.
+
+- :class:`LandmarkRefiner`: the refining network, MONAI's ``BasicUNet`` with one output channel per landmark of
+  every anatomy, and the settings it was trained with (buffers, so they travel in its ``state_dict``).
+- :class:`RandLandmarkPatchesd`: training samples, patches around annotated landmarks moved by a random error
+  (the coarse stage's) and zoom (other framings), with the landmark's target distribution in its channel.
+- :class:`PatchHeatmapLoss`: the cross-entropy of the patch's spatial softmax against that target, plus the
+  soft-argmax's distance to it.
+- :class:`RefineLandmarksd`: postprocessing after decoding: each landmark of ``pred_landmarks`` (original image
+  pixels) refined where the checkpoint has a refiner; mirrored images are refined mirrored back.
+
+MONAI has patch samplers for segmentation (``RandCropByPosNegLabeld``) but none that follows one point at a
+time with sub-pixel centres, mirroring and a per-landmark target, hence these. Measured by ``bench/accuracy.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.networks.nets import BasicUNet
+from monai.transforms import MapTransform, Randomizable, Resize
+
+from .anatomies import AnatomySet
+from .checkpoints import CheckpointError, read_checkpoint
+from .heatmaps import grid_to_original
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LandmarkRefiner", "RandLandmarkPatchesd", "PatchHeatmapLoss", "RefineLandmarksd", "landmark_patches"]
+
+
+def landmark_patches(
+    image: torch.Tensor, centres: torch.Tensor, size: int, step: float | torch.Tensor = 1.0, flip: bool = False
+) -> torch.Tensor:
+    """``size`` x ``size`` patches of ``image`` ``(1, W, H)`` centred at ``centres`` ``(N, 2)`` ``(x, y)`` voxels.
+
+    Pixel ``(i, j)`` of patch ``n`` samples (bilinear, border values outside) the image at
+    ``centre_n + (i - (size - 1) / 2, j - (size - 1) / 2) * step_n``; with ``flip`` the x offset is negated (a
+    mirrored image's patch as the unmirrored one). Each patch is z-scored. Returns ``(N, 1, size, size)``.
+    """
+    img = torch.as_tensor(image, dtype=torch.float32)
+    c = torch.as_tensor(centres, dtype=torch.float32).reshape(-1, 2)
+    n, (w, h) = c.shape[0], img.shape[-2:]
+    step = torch.as_tensor(step, dtype=torch.float32).reshape(-1, 1).expand(n, 1)
+    offsets = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    px = c[:, :1] + (-offsets if flip else offsets)[None] * step  # (N, size): x of row i
+    py = c[:, 1:] + offsets[None] * step  # (N, size): y of column j
+    # grid_sample indexes (N, C, H_in, W_in) with (x -> last dim, y -> the one before): here last = H (our y)
+    gy = (py / max(h - 1, 1) * 2 - 1)[:, None, :].expand(n, size, size)
+    gx = (px / max(w - 1, 1) * 2 - 1)[:, :, None].expand(n, size, size)
+    grid = torch.stack([gy, gx], dim=-1)
+    patches = F.grid_sample(img.reshape(1, 1, w, h).expand(n, 1, w, h), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    mean = patches.mean(dim=(2, 3), keepdim=True)
+    std = patches.std(dim=(2, 3), keepdim=True)
+    return (patches - mean) / (std + 1e-6)
+
+
+class LandmarkRefiner(nn.Module):
+    """The refining network and its settings.
+
+    Args:
+        landmark_counts: landmarks per anatomy, in domain order (``AnatomySet.landmark_counts``).
+        factor: the refinement grid is ``factor`` x each anatomy's network size.
+        patch_size: the side of the square patch, in refinement-grid pixels.
+        features: ``BasicUNet``'s six feature counts (small: it sees one patch per landmark).
+        window: the square around the peak whose probability-weighted mean is the refined point.
+    """
+
+    def __init__(
+        self,
+        landmark_counts: Sequence[int],
+        factor: int = 4,
+        patch_size: int = 64,
+        features: Sequence[int] = (8, 16, 32, 64, 64, 8),
+        window: int = 7,
+    ) -> None:
+        super().__init__()
+        if patch_size % 16:
+            raise ValueError(f"LandmarkRefiner: patch_size must be divisible by 16 (BasicUNet pools 4 times), got {patch_size}.")
+        counts = [int(c) for c in landmark_counts]
+        self.net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=sum(counts), features=tuple(int(f) for f in features))
+        # settings as buffers: they travel with the weights in a weights_only checkpoint
+        self.register_buffer("landmark_counts", torch.tensor(counts))
+        self.register_buffer("factor", torch.tensor(int(factor)))
+        self.register_buffer("patch_size", torch.tensor(int(patch_size)))
+        self.register_buffer("features", torch.tensor([int(f) for f in features]))
+        self.register_buffer("window", torch.tensor(int(window)))
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> LandmarkRefiner:
+        """A refiner built with the settings a saved ``state_dict`` holds, its weights loaded."""
+        refiner = cls(
+            state["landmark_counts"].tolist(), int(state["factor"]), int(state["patch_size"]), state["features"].tolist(), int(state["window"])
+        )
+        refiner.load_state_dict(state)
+        return refiner
+
+    def channel(self, domain: int, landmark: int | torch.Tensor = 0) -> Any:
+        """The output channel of ``landmark`` of the anatomy of ``domain``."""
+        return int(self.landmark_counts[:domain].sum()) + landmark
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.net(patches)
+
+    @torch.no_grad()
+    def refine(self, image: torch.Tensor, points: torch.Tensor, domain: int, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Refine ``points`` ``(C, 2)`` (refinement-grid voxels) of one image ``(1, W, H)`` of anatomy ``domain``.
+
+        Returns the refined points and each one's confidence: the probability within the window around its peak.
+        NaN points (not found) stay NaN.
+        """
+        size, half = int(self.patch_size), int(self.window) // 2
+        pts = torch.as_tensor(points, dtype=torch.float32)
+        ok = torch.isfinite(pts).all(dim=1)
+        out, conf = pts.clone(), torch.full((pts.shape[0],), float("nan"))
+        if not ok.any():
+            return out, conf
+        idx = torch.nonzero(ok).flatten()
+        device = self.factor.device
+        patches = landmark_patches(image, pts[idx], size, flip=flip).to(device)
+        logits = self(patches)[torch.arange(idx.numel()), self.channel(domain, idx.to(device))].float().cpu()
+        prob = F.softmax(logits.flatten(1), dim=1).reshape(-1, size, size)
+        peak = prob.flatten(1).argmax(dim=1)
+        offsets = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+        for n, k in enumerate(idx.tolist()):
+            i, j = divmod(int(peak[n]), size)
+            i0, i1, j0, j1 = max(0, i - half), min(size, i + half + 1), max(0, j - half), min(size, j + half + 1)
+            w = prob[n, i0:i1, j0:j1]
+            mass = w.sum()
+            u = (w.sum(dim=1) * offsets[i0:i1]).sum() / mass
+            v = (w.sum(dim=0) * offsets[j0:j1]).sum() / mass
+            out[k, 0] = pts[k, 0] + (-u if flip else u)
+            out[k, 1] = pts[k, 1] + v
+            conf[k] = mass
+        return out, conf
+
+
+class RandLandmarkPatchesd(Randomizable, MapTransform):
+    """Training samples for the refiner: ``num_samples`` patches of one image, each around an annotated landmark.
+
+    Reads the refinement-grid image ``d[keys]`` ``(1, W, H)`` and its landmarks ``d[landmarks_key]`` ``(C, 2)``
+    (voxels of that image, NaN where not annotated) and ``d[domain_key]``. Each patch is centred at a drawn
+    landmark moved by a Gaussian error of ``jitter`` pixels per axis (the coarse stage's error at this grid,
+    clipped to ``0.4 * patch_size``), sampled with a step drawn in ``zoom`` (another framing's scale). Returns a
+    list of ``num_samples`` dicts: ``image`` ``(1, P, P)``, ``label`` ``(channels, P, P)`` with the landmark's
+    Gaussian (``sigma`` patch pixels) in its channel and zeros elsewhere, and ``domain``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        landmark_counts: Sequence[int],
+        landmarks_key: str = "landmarks",
+        domain_key: str = "domain",
+        patch_size: int = 64,
+        num_samples: int = 4,
+        jitter: float = 6.0,
+        zoom: Sequence[float] = (0.85, 1.15),
+        sigma: float = 1.5,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        self.counts = [int(c) for c in landmark_counts]
+        self.landmarks_key, self.domain_key = landmarks_key, domain_key
+        self.patch_size, self.num_samples = int(patch_size), int(num_samples)
+        self.jitter, self.zoom, self.sigma = float(jitter), (float(zoom[0]), float(zoom[1])), float(sigma)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        d = dict(data)
+        key = self.first_key(d)
+        image = torch.as_tensor(d[key], dtype=torch.float32)
+        points = torch.as_tensor(np.asarray(d[self.landmarks_key], dtype=np.float32)).reshape(-1, 2)
+        domain = int(d[self.domain_key])
+        annotated = torch.nonzero(torch.isfinite(points).all(dim=1)).flatten().tolist()
+        if not annotated:
+            raise ValueError(f"RandLandmarkPatchesd: {d.get('image_path', 'an image')} has no annotated landmark.")
+        size, offset = self.patch_size, sum(self.counts[:domain])
+        chosen = [annotated[self.R.randint(len(annotated))] for _ in range(self.num_samples)]
+        limit = 0.4 * size
+        error = np.clip(self.R.normal(0.0, self.jitter, (self.num_samples, 2)), -limit, limit)
+        steps = self.R.uniform(*self.zoom, self.num_samples)
+        centres = points[chosen] + torch.as_tensor(error, dtype=torch.float32) * torch.as_tensor(steps, dtype=torch.float32)[:, None]
+        patches = landmark_patches(image, centres, size, torch.as_tensor(steps, dtype=torch.float32))
+        # the landmark in patch pixels (patch pixel i sits at centre + (i - (P-1)/2) * step)
+        target = (points[chosen] - centres) / torch.as_tensor(steps, dtype=torch.float32)[:, None] + (size - 1) / 2
+        grid = torch.arange(size, dtype=torch.float32)
+        out = []
+        for n, k in enumerate(chosen):
+            gx = torch.exp(-((grid - target[n, 0]) ** 2) / (2 * self.sigma**2))
+            gy = torch.exp(-((grid - target[n, 1]) ** 2) / (2 * self.sigma**2))
+            label = torch.zeros(sum(self.counts), size, size)
+            label[offset + k] = gx[:, None] * gy[None, :]
+            out.append({"image": patches[n], "label": label, self.domain_key: domain})
+        return out
+
+
+class PatchHeatmapLoss(nn.Module):
+    """Loss of the refiner: on each sample's landmark channel (the label's only non-zero one), the cross-entropy
+    of the spatial softmax of the logits against the label normalised to a distribution, plus ``l1_weight`` times
+    the L1 distance (pixels) between the softmax's mean and the label's."""
+
+    def __init__(self, l1_weight: float = 0.1) -> None:
+        super().__init__()
+        self.l1_weight = float(l1_weight)
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        b, _, w, h = label.shape
+        channel = label.flatten(2).sum(-1).argmax(dim=1)
+        rows = torch.arange(b, device=label.device)
+        logp = F.log_softmax(logits[rows, channel].flatten(1).float(), dim=1)
+        target = label[rows, channel].flatten(1)
+        target = target / target.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        ce = -(target * logp).sum(dim=1)
+        xs = torch.arange(w, device=label.device, dtype=torch.float32).repeat_interleave(h)
+        ys = torch.arange(h, device=label.device, dtype=torch.float32).repeat(w)
+        p = logp.exp()
+        l1 = ((p * xs).sum(1) - (target * xs).sum(1)).abs() + ((p * ys).sum(1) - (target * ys).sum(1)).abs()
+        return (ce + self.l1_weight * l1).mean()
+
+
+class RefineLandmarksd(MapTransform):
+    """Postprocessing: refine the decoded landmarks (original-image pixels) with the checkpoint's refiner.
+
+    Reads ``d[keys]`` ``(C, 2)``, the item's ``domain``, ``pred_mirrored`` when mirroring ran, and the original
+    image: ``d[image_key]`` where the preprocessing kept it (inference's ``image_original``), else read again from
+    the network image's ``filename_or_obj`` with ``loader``. The image is resized to the refiner's grid
+    (``factor`` x the anatomy's network size) and the points mapped through the affines both ways. Writes the
+    refined points in place, the coarse ones to ``<key>_coarse`` and the refiner's confidences to
+    ``<key>_refine_confidence``. Without a refiner file (``path`` missing), or with one trained for other landmark
+    counts (a warning), the items pass unchanged; a file that cannot be read is an error naming it.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        path: str | None,
+        anatomies: AnatomySet,
+        image_key: str = "image_original",
+        network_image_key: str = "image",
+        loader: Any = None,
+        enabled: bool = True,
+        device: Any = "cpu",
+    ) -> None:
+        super().__init__(keys)
+        self.anatomies, self.image_key, self.network_image_key, self.loader = anatomies, image_key, network_image_key, loader
+        self.refiner: LandmarkRefiner | None = None
+        if enabled and path and os.path.isfile(path):
+            state = read_checkpoint(path).get("refiner")
+            if not isinstance(state, Mapping):
+                raise CheckpointError(f"refiner {path}: no 'refiner' state in the file; it is not a refiner checkpoint.")
+            try:
+                self.refiner = LandmarkRefiner.from_state_dict(state).to(device).eval()
+            except (KeyError, RuntimeError) as e:
+                raise CheckpointError(f"refiner {path}: cannot be built from its state ({type(e).__name__}: {e}).") from None
+            counts = self.refiner.landmark_counts.tolist()
+            if counts != list(anatomies.landmark_counts):
+                # a refiner left from before the model changed (add_anatomy, a retrained model): the decoded points
+                # are still right, only not refined; every output says "refined": false
+                logger.warning(
+                    f"refiner {path}: trained for landmark counts {counts}, the model has {list(anatomies.landmark_counts)}; "
+                    "landmarks are not refined. Train the refiner again for this model (configs/refine.yaml)."
+                )
+                self.refiner = None
+
+    @property
+    def active(self) -> bool:
+        return self.refiner is not None
+
+    def _original(self, d: Mapping[Hashable, Any]) -> Any:
+        if self.image_key in d:
+            return d[self.image_key]
+        source = getattr(d[self.network_image_key], "meta", {}).get("filename_or_obj")
+        if self.loader is None or not source:
+            raise ValueError(f"RefineLandmarksd: no original image ({self.image_key!r}) and no file to read it from.")
+        return self.loader({"image": source})["image"]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.refiner is None:
+            return d
+        original = self._original(d)
+        domain = int(d["domain"])
+        size = [int(s) * int(self.refiner.factor) for s in self.anatomies[domain].size]
+        grid = Resize(spatial_size=size, mode="bilinear", anti_aliasing=True)(original)
+        original_affine, grid_affine = original.affine, grid.affine
+        flip = bool(d.get("pred_mirrored", False))
+        for key in self.key_iterator(d):
+            coarse = torch.as_tensor(np.asarray(d[key], dtype=np.float32))
+            points = grid_to_original(coarse.double(), original_affine, grid_affine).float()
+            refined, conf = self.refiner.refine(grid.as_tensor(), points, domain, flip=flip)
+            d[f"{key}_coarse"] = coarse.numpy()
+            d[key] = grid_to_original(refined.double(), grid_affine, original_affine).numpy().astype(np.float32)
+            d[f"{key}_refine_confidence"] = conf.numpy()
+        return d

@@ -1,0 +1,154 @@
+"""The refinement stage: patches follow the landmark (round trip within 0.5 px, mirrored too), the training target
+sits on the landmark in its own channel, the loss prefers the right peak, refined points map back to the original
+image, and a bad refiner file fails with its name."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.anatomies import Anatomy, AnatomySet
+from scripts.checkpoints import CheckpointError
+from scripts.refinement import LandmarkRefiner, PatchHeatmapLoss, RandLandmarkPatchesd, RefineLandmarksd, landmark_patches
+
+
+def blob_image(w: int, h: int, points: np.ndarray, sigma: float = 1.5) -> torch.Tensor:
+    """A ``(1, W, H)`` image with a Gaussian blob at each ``(x, y)`` point (x along the first axis)."""
+    x = torch.arange(w, dtype=torch.float32)[:, None]
+    y = torch.arange(h, dtype=torch.float32)[None, :]
+    img = torch.zeros(w, h)
+    for px, py in points:
+        img += torch.exp(-((x - px) ** 2 + (y - py) ** 2) / (2 * sigma**2))
+    return img[None]
+
+
+def centroid(patch: torch.Tensor) -> tuple[float, float]:
+    """The intensity-weighted centre ``(i, j)`` of the brightest part of a patch ``(P, P)``."""
+    p = patch - patch.min()
+    p = torch.where(p > 0.5 * p.max(), p, torch.zeros_like(p))
+    i = torch.arange(p.shape[0], dtype=torch.float32)
+    return float((p.sum(1) * i).sum() / p.sum()), float((p.sum(0) * i[: p.shape[1]]).sum() / p.sum())
+
+
+@pytest.mark.parametrize("step, flip", [(1.0, False), (1.25, False), (0.8, True)])
+def test_a_patch_maps_back_to_its_landmark_within_half_a_pixel(step, flip):
+    point = np.array([[41.3, 57.8]])
+    image = blob_image(96, 120, point, sigma=2.0)
+    centre = torch.tensor([[36.6, 61.2]])  # an off-centre start, as a coarse prediction is
+    size = 32
+    patch = landmark_patches(image, centre, size, step, flip=flip)[0, 0]
+    u, v = centroid(patch)
+    sign = -1.0 if flip else 1.0
+    back = centre[0] + torch.tensor([sign * (u - (size - 1) / 2), v - (size - 1) / 2]) * step
+    assert np.linalg.norm(back.numpy() - point[0]) < 0.5
+    assert abs(float(patch.mean())) < 1e-4 and abs(float(patch.std()) - 1) < 1e-3  # z-scored
+
+
+def test_training_patches_put_the_target_on_the_landmark_in_its_own_channel():
+    points = np.array([[30.2, 40.7], [70.5, 90.1], [50.0, 20.4]], dtype=np.float32)
+    counts = [2, 3]  # a first anatomy of 2 landmarks, then this one (domain 1) of 3
+    t = RandLandmarkPatchesd(keys="image", landmark_counts=counts, patch_size=32, num_samples=12, jitter=4.0, zoom=(0.8, 1.2), sigma=1.5)
+    t.set_random_state(3)
+    samples = t({"image": blob_image(100, 120, points), "landmarks": points, "domain": 1})
+    assert len(samples) == 12
+    for s in samples:
+        label = s["label"]
+        assert label.shape == (5, 32, 32) and s["image"].shape == (1, 32, 32)
+        channel = int(label.flatten(1).sum(1).argmax())
+        assert channel in (2, 3, 4) and float(label[:2].abs().sum()) == 0.0  # the other anatomy's channels are empty
+        assert float(label.sum()) == pytest.approx(float(label[channel].sum()))
+        # the blob in the patch is where the label peaks (blobs of other landmarks lie outside the patch here)
+        ti, tj = centroid(label[channel])
+        pi, pj = centroid(s["image"][0])
+        assert abs(ti - pi) < 0.5 and abs(tj - pj) < 0.5
+
+
+def test_unannotated_landmarks_are_never_drawn_and_an_image_without_any_is_refused():
+    points = np.array([[30.0, 40.0], [np.nan, np.nan]], dtype=np.float32)
+    t = RandLandmarkPatchesd(keys="image", landmark_counts=[2], patch_size=16, num_samples=20)
+    samples = t({"image": blob_image(64, 64, points[:1]), "landmarks": points, "domain": 0})
+    assert all(int(s["label"].flatten(1).sum(1).argmax()) == 0 for s in samples)
+    with pytest.raises(ValueError, match="no annotated landmark"):
+        t({"image": torch.zeros(1, 64, 64), "landmarks": np.full((2, 2), np.nan, np.float32), "domain": 0})
+
+
+def test_the_loss_is_lower_for_the_right_peak_and_reads_only_the_landmark_channel():
+    size = 16
+    label = torch.zeros(2, 3, size, size)
+    label[0, 1, 5, 9] = 1.0
+    label[1, 2, 11, 3] = 1.0
+    right = torch.zeros(2, 3, size, size)
+    right[0, 1, 5, 9] = right[1, 2, 11, 3] = 10.0
+    wrong = torch.zeros(2, 3, size, size)
+    wrong[0, 1, 12, 2] = wrong[1, 2, 2, 12] = 10.0
+    loss = PatchHeatmapLoss()
+    assert float(loss(right, label)) < float(loss(wrong, label))
+    logits = torch.zeros(2, 3, size, size, requires_grad=True)
+    loss(logits, label).backward()
+    assert float(logits.grad[0, [0, 2]].abs().sum()) == 0.0 and float(logits.grad[0, 1].abs().sum()) > 0
+
+
+class PeakAt(torch.nn.Module):
+    """Stands in for the refiner's network: logits peaked at one patch pixel for every landmark."""
+
+    def __init__(self, channels: int, i: int, j: int, size: int) -> None:
+        super().__init__()
+        self.channels, self.i, self.j, self.size = channels, i, j, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], self.channels, self.size, self.size)
+        out[:, :, self.i, self.j] = 30.0
+        return out
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_refine_moves_each_point_to_the_peak_in_image_coordinates(flip):
+    refiner = LandmarkRefiner([2], factor=2, patch_size=16, window=3)
+    refiner.net = PeakAt(2, 10, 4, 16)  # 2.5 right and 3.5 up of the patch centre (7.5, 7.5)
+    points = torch.tensor([[20.0, 30.0], [float("nan"), float("nan")]])
+    out, conf = refiner.refine(torch.rand(1, 64, 64), points, domain=0, flip=flip)
+    dx = -2.5 if flip else 2.5
+    assert torch.allclose(out[0], torch.tensor([20.0 + dx, 30.0 - 3.5]), atol=1e-4)
+    assert torch.isnan(out[1]).all() and conf[0] > 0.99 and torch.isnan(conf[1])
+
+
+def _anatomies() -> AnatomySet:
+    return AnatomySet([Anatomy("hand", ("a", "b"), (32, 48))])
+
+
+def test_refined_points_map_back_to_the_original_image(tmp_path):
+    """Through the real resize and affines: a peak at the patch centre returns the input points unchanged."""
+    from monai.data import MetaTensor
+
+    path = str(tmp_path / "refiner.pt")
+    refiner = LandmarkRefiner([2], factor=2, patch_size=16, window=3)
+    torch.save({"refiner": refiner.state_dict()}, path)
+    transform = RefineLandmarksd("pred_landmarks", path, _anatomies())
+    assert transform.active
+    transform.refiner.net = PeakAt(2, 7, 7, 16)  # near the centre (7.5, 7.5): a shift of -0.5 patch px each way
+    original = MetaTensor(torch.rand(1, 96, 144), affine=torch.diag(torch.tensor([0.2, 0.2, 1.0, 1.0], dtype=torch.float64)))
+    pts = np.array([[40.0, 70.0], [10.0, 100.0]], dtype=np.float32)
+    out = transform({"pred_landmarks": pts, "image_original": original, "domain": 0})
+    # the refinement grid is 64 x 96 for 96 x 144 original pixels: half a grid pixel is 0.75 original pixels
+    np.testing.assert_allclose(out["pred_landmarks"], pts - 0.75, atol=0.05)
+    np.testing.assert_allclose(out["pred_landmarks_coarse"], pts)
+
+
+def test_without_a_refiner_items_pass_unchanged_and_a_bad_file_names_itself(tmp_path, caplog):
+    transform = RefineLandmarksd("pred_landmarks", str(tmp_path / "none.pt"), _anatomies())
+    d = {"pred_landmarks": np.zeros((2, 2), np.float32), "domain": 0}
+    assert not transform.active and transform(d) == d
+    truncated = tmp_path / "refiner.pt"
+    torch.save({"refiner": LandmarkRefiner([2], patch_size=16).state_dict()}, str(truncated))
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="refiner.pt"):
+        RefineLandmarksd("pred_landmarks", str(truncated), _anatomies())
+    other = tmp_path / "other.pt"
+    torch.save({"refiner": LandmarkRefiner([5], patch_size=16).state_dict()}, str(other))
+    with caplog.at_level(logging.WARNING, logger="scripts.refinement"):
+        stale = RefineLandmarksd("pred_landmarks", str(other), _anatomies())
+    assert not stale.active and stale(d) == d  # a refiner of another model: the decoded points, not refined
+    assert "other.pt: trained for landmark counts [5], the model has [2]" in caplog.text
