@@ -1,8 +1,10 @@
 """Accuracy benchmark on real X-rays: GU2Net vs the paper's U-Net on the head, GU2Net on the chest, universal GU2Net.
 
 Everything runs through the bundle's own commands: the prepare command builds the datalists from
-``../shared/data``, ``python -m monai.bundle run training`` trains, ``run evaluating`` scores the test images (in mm
-against the original annotations, sub-pixel decoding, mirroring and the review flag as configured). Every run is
+``../shared/data``, ``python -m monai.bundle run training`` trains, ``run refining`` trains the refinement stage
+(``--refine off``: not), ``run evaluating`` scores the test images (in mm against the original annotations,
+sub-pixel decoding, mirroring, refinement and the review flag as configured), and once more without the refiner, so
+each row also shows what the refinement stage added. Every run is
 repeated over seeds (``--seeds``; 3 in CPU mode) and every figure is reported as mean +- std over them (sample
 standard deviation).
 
@@ -11,6 +13,7 @@ standard deviation).
     python bench/accuracy.py --budget smoke --seeds 2                        # minutes: checks it runs end to end
     python bench/accuracy.py --only gu2net_head --seeds 1 --first-seed 1 --json runs/s1.json   # one seed per lane,
     python bench/accuracy.py --combine runs/s0.json runs/s1.json runs/s2.json --json runs/all.json  # then joined
+    python bench/accuracy.py --only gu2net_head --keep-trained --work runs/accuracy  # add the refiner to earlier runs
     python bench/accuracy.py --budget paper --json runs/accuracy_paper.json  # the paper's recipe, for a GPU
 
 Runs: (1) ``gu2net_head``: GU2Net on ISBI 2015 (training 001-150 with a seeded validation slice), scored on Test1

@@ -115,6 +115,13 @@ def test_refine_moves_each_point_to_the_peak_in_image_coordinates(flip):
     assert torch.isnan(out[1]).all() and conf[0] > 0.99 and torch.isnan(conf[1])
 
 
+def test_a_refined_point_stays_in_the_image_where_the_patch_reaches_beyond_it():
+    refiner = LandmarkRefiner([1], factor=2, patch_size=16, window=3)
+    refiner.net = PeakAt(1, 0, 8, 16)  # the network's peak 7.5 pixels left of the centre: outside the image
+    out, _ = refiner.refine(torch.rand(1, 40, 40), torch.tensor([[2.0, 20.0]]), domain=0)
+    assert -0.5 <= float(out[0, 0]) <= 39.5 and -0.5 <= float(out[0, 1]) <= 39.5
+
+
 def _anatomies() -> AnatomySet:
     return AnatomySet([Anatomy("hand", ("a", "b"), (32, 48))])
 

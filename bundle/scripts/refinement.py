@@ -40,7 +40,18 @@ from .heatmaps import grid_to_original
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LandmarkRefiner", "RandLandmarkPatchesd", "PatchHeatmapLoss", "RefineLandmarksd", "landmark_patches"]
+__all__ = ["LandmarkRefiner", "RandLandmarkPatchesd", "PatchHeatmapLoss", "RefineLandmarksd", "landmark_patches", "patch_positions"]
+
+
+def patch_positions(
+    centres: torch.Tensor, size: int, step: float | torch.Tensor = 1.0, flip: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the rows and columns of the patches around ``centres`` ``(N, 2)`` lie in the image: ``x`` of row ``i``
+    and ``y`` of column ``j``, each ``(N, size)`` (see :func:`landmark_patches`)."""
+    c = torch.as_tensor(centres, dtype=torch.float32).reshape(-1, 2)
+    step = torch.as_tensor(step, dtype=torch.float32).reshape(-1, 1).expand(c.shape[0], 1)
+    offsets = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    return c[:, :1] + (-offsets if flip else offsets)[None] * step, c[:, 1:] + offsets[None] * step
 
 
 def landmark_patches(
@@ -53,12 +64,8 @@ def landmark_patches(
     mirrored image's patch as the unmirrored one). Each patch is z-scored. Returns ``(N, 1, size, size)``.
     """
     img = torch.as_tensor(image, dtype=torch.float32)
-    c = torch.as_tensor(centres, dtype=torch.float32).reshape(-1, 2)
-    n, (w, h) = c.shape[0], img.shape[-2:]
-    step = torch.as_tensor(step, dtype=torch.float32).reshape(-1, 1).expand(n, 1)
-    offsets = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    px = c[:, :1] + (-offsets if flip else offsets)[None] * step  # (N, size): x of row i
-    py = c[:, 1:] + offsets[None] * step  # (N, size): y of column j
+    (w, h), (px, py) = img.shape[-2:], patch_positions(centres, size, step, flip)
+    n = px.shape[0]
     # grid_sample indexes (N, C, H_in, W_in) with (x -> last dim, y -> the one before): here last = H (our y)
     gy = (py / max(h - 1, 1) * 2 - 1)[:, None, :].expand(n, size, size)
     gx = (px / max(w - 1, 1) * 2 - 1)[:, :, None].expand(n, size, size)
@@ -133,6 +140,10 @@ class LandmarkRefiner(nn.Module):
         device = self.factor.device
         patches = landmark_patches(image, pts[idx], size, flip=flip).to(device)
         logits = self(patches)[torch.arange(idx.numel()), self.channel(domain, idx.to(device))].float().cpu()
+        # a landmark lies in the image: patch pixels sampled outside it (border values) cannot be the answer
+        (w, h), (px, py) = image.shape[-2:], patch_positions(pts[idx], size, flip=flip)
+        inside = ((px >= -0.5) & (px <= w - 0.5))[:, :, None] & ((py >= -0.5) & (py <= h - 0.5))[:, None, :]
+        logits = logits.masked_fill(~inside, float("-inf"))
         prob = F.softmax(logits.flatten(1), dim=1).reshape(-1, size, size)
         peak = prob.flatten(1).argmax(dim=1)
         offsets = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
