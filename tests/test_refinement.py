@@ -144,6 +144,26 @@ def test_refined_points_map_back_to_the_original_image(tmp_path):
     np.testing.assert_allclose(out["pred_landmarks_coarse"], pts)
 
 
+def test_points_are_read_in_the_files_grid_when_the_image_was_transformed_after_reading(tmp_path):
+    """A mirrored copy (its affine flipped, as MONAI's Flip leaves it) refines the file's points where they are."""
+    from monai.data import MetaTensor
+    from monai.transforms import Flip
+
+    path = str(tmp_path / "refiner.pt")
+    torch.save({"refiner": LandmarkRefiner([2], factor=2, patch_size=16, window=3).state_dict()}, path)
+    transform = RefineLandmarksd("pred_landmarks", path, _anatomies())
+    transform.refiner.net = PeakAt(2, 7, 7, 16)
+    read = MetaTensor(torch.rand(1, 96, 144), affine=torch.eye(4, dtype=torch.float64))
+    read.meta["original_affine"] = read.affine.clone()
+    mirrored = Flip(spatial_axis=0)(read)
+    assert not torch.allclose(mirrored.affine, read.affine)
+    pts = np.array([[40.0, 70.0], [10.0, 100.0]], dtype=np.float32)
+    out = transform({"pred_landmarks": pts, "image_original": mirrored, "domain": 0, "pred_mirrored": True})
+    # the patch is sampled mirrored from a grid whose x runs against the file's: its -0.5 is -0.75 file pixels in
+    # x too (reading the points in the mirrored copy's own grid instead gives +0.75)
+    np.testing.assert_allclose(out["pred_landmarks"], pts - 0.75, atol=0.05)
+
+
 def test_without_a_refiner_items_pass_unchanged_and_a_bad_file_names_itself(tmp_path, caplog):
     transform = RefineLandmarksd("pred_landmarks", str(tmp_path / "none.pt"), _anatomies())
     d = {"pred_landmarks": np.zeros((2, 2), np.float32), "domain": 0}

@@ -306,7 +306,10 @@ class RefineLandmarksd(MapTransform):
         domain = int(d["domain"])
         size = [int(s) * int(self.refiner.factor) for s in self.anatomies[domain].size]
         grid = Resize(spatial_size=size, mode="bilinear", anti_aliasing=True)(original)
-        original_affine, grid_affine = original.affine, grid.affine
+        # the points are in the grid of the file as read (meta's original_affine, as DecodeLandmarksd maps them);
+        # a spatial transform applied since (a benchmark's shift) moved the image's affine, and the grid's follows it
+        original_affine = original.meta.get("original_affine", original.affine)
+        grid_affine = grid.affine
         flip = bool(d.get("pred_mirrored", False))
         for key in self.key_iterator(d):
             coarse = torch.as_tensor(np.asarray(d[key], dtype=np.float32))
