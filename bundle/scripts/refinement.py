@@ -197,7 +197,8 @@ class RandLandmarkPatchesd(Randomizable, MapTransform):
         domain = int(d[self.domain_key])
         annotated = torch.nonzero(torch.isfinite(points).all(dim=1)).flatten().tolist()
         if not annotated:
-            raise ValueError(f"RandLandmarkPatchesd: {d.get('image_path', 'an image')} has no annotated landmark.")
+            source = getattr(d[key], "meta", {}).get("filename_or_obj", "an image")
+            raise ValueError(f"RandLandmarkPatchesd: image {source} has no annotated landmark to refine.")
         size, offset = self.patch_size, sum(self.counts[:domain])
         chosen = [annotated[self.R.randint(len(annotated))] for _ in range(self.num_samples)]
         limit = 0.4 * size
