@@ -168,6 +168,11 @@ def test_without_a_refiner_items_pass_unchanged_and_a_bad_file_names_itself(tmp_
     transform = RefineLandmarksd("pred_landmarks", str(tmp_path / "none.pt"), _anatomies())
     d = {"pred_landmarks": np.zeros((2, 2), np.float32), "domain": 0}
     assert not transform.active and transform(d) == d
+    path = str(tmp_path / "refiner_ok.pt")
+    torch.save({"refiner": LandmarkRefiner([2], patch_size=16).state_dict()}, path)
+    assert RefineLandmarksd("pred_landmarks", path, _anatomies()).active
+    # `--refine false` on the command line arrives as a string
+    assert not any(RefineLandmarksd("pred_landmarks", path, _anatomies(), enabled=v).active for v in ("false", False, "0"))
     truncated = tmp_path / "refiner.pt"
     torch.save({"refiner": LandmarkRefiner([2], patch_size=16).state_dict()}, str(truncated))
     truncated.write_bytes(truncated.read_bytes()[:200])

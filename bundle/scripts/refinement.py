@@ -36,6 +36,7 @@ from monai.transforms import MapTransform, Randomizable, Resize
 
 from .anatomies import AnatomySet
 from .checkpoints import CheckpointError, read_checkpoint
+from .errors import as_flag
 from .heatmaps import grid_to_original
 
 logger = logging.getLogger(__name__)
@@ -263,13 +264,13 @@ class RefineLandmarksd(MapTransform):
         image_key: str = "image_original",
         network_image_key: str = "image",
         loader: Any = None,
-        enabled: bool = True,
+        enabled: bool | str = True,
         device: Any = "cpu",
     ) -> None:
         super().__init__(keys)
         self.anatomies, self.image_key, self.network_image_key, self.loader = anatomies, image_key, network_image_key, loader
         self.refiner: LandmarkRefiner | None = None
-        if enabled and path and os.path.isfile(path):
+        if as_flag(enabled, "refine") and path and os.path.isfile(path):  # `--refine false` arrives as 'false'
             state = read_checkpoint(path).get("refiner")
             if not isinstance(state, Mapping):
                 raise CheckpointError(f"refiner {path}: no 'refiner' state in the file; it is not a refiner checkpoint.")
