@@ -193,10 +193,11 @@ def train_and_evaluate(name: str, seed: int, dataset_dir: str, args: argparse.Na
     train_s = None if reuse else _bundle("training", TRAIN + extra, {**common, **overrides}, logs["train"])
     refine_s = None
     if args.refine == "on":
-        # the refinement stage (configs/refine.yaml) on the same training images; the smoke budget: one epoch
-        refine = {**common, **{k: v for k, v in overrides.items() if k.startswith("train#") or k == "time_limit_minutes"}}
-        refine.update({"refine#datalist": overrides["train#datalist"]} if "train#datalist" in overrides else {})
-        refine.update({"refine_epochs": 1} if limit else {})
+        # the refinement stage (configs/refine.yaml) on the same training images, under the same time limit; the
+        # smoke budget: its few training images, one epoch
+        refine = {**common, **{k: v for k, v in overrides.items() if k == "time_limit_minutes"}}
+        if limit:
+            refine.update({"refine#datalist": overrides["train#datalist"], "refine_epochs": 1})
         refine_s = _bundle("refining", TRAIN + extra + [REFINE], {**refine, **args.set}, logs["refine"])
     evaluation = {**common, "output_dir": os.path.join(out, split), "ckpt_path": model, "eval_split": split,
                   "baseline": False, "mirror_test": args.mirror != "off", "refine": args.refine == "on"}  # fmt: skip

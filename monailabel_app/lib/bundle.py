@@ -2,8 +2,9 @@
 
 Nothing of the network, the transforms or the decoding is copied here: :class:`LandmarkModel` asks the bundle's
 configs (through ``monai.bundle.ConfigParser``) for ``network``, ``preprocessing``, ``prepare_batch``,
-``inferer``, ``decode`` and ``refine_landmarks`` (the refinement stage, where one was trained), and runs them as the bundle's ``inference`` workflow does for one image, so the
-landmarks equal those of ``python -m monai.bundle run inference`` on the same image and checkpoint.
+``inferer``, ``decode`` and ``refine_landmarks`` (the refinement stage, where one was trained), and runs them as
+the bundle's ``inference`` workflow does for one image, so the landmarks equal those of
+``python -m monai.bundle run inference`` on the same image and checkpoint.
 """
 
 from __future__ import annotations
