@@ -109,16 +109,17 @@ def test_refine_moves_each_point_to_the_peak_in_image_coordinates(flip):
     refiner = LandmarkRefiner([2], factor=2, patch_size=16, window=3)
     refiner.net = PeakAt(2, 10, 4, 16)  # 2.5 right and 3.5 up of the patch centre (7.5, 7.5)
     points = torch.tensor([[20.0, 30.0], [float("nan"), float("nan")]])
-    out, conf = refiner.refine(torch.rand(1, 64, 64), points, domain=0, flip=flip)
+    out, conf, scale = refiner.refine(torch.rand(1, 64, 64), points, domain=0, flip=flip)
     dx = -2.5 if flip else 2.5
     assert torch.allclose(out[0], torch.tensor([20.0 + dx, 30.0 - 3.5]), atol=1e-4)
     assert torch.isnan(out[1]).all() and conf[0] > 0.99 and torch.isnan(conf[1])
+    assert scale == 1.0  # no training layout recorded: the grid's own scale
 
 
 def test_a_refined_point_stays_in_the_image_where_the_patch_reaches_beyond_it():
     refiner = LandmarkRefiner([1], factor=2, patch_size=16, window=3)
     refiner.net = PeakAt(1, 0, 8, 16)  # the network's peak 7.5 pixels left of the centre: outside the image
-    out, _ = refiner.refine(torch.rand(1, 40, 40), torch.tensor([[2.0, 20.0]]), domain=0)
+    out, _, _ = refiner.refine(torch.rand(1, 40, 40), torch.tensor([[2.0, 20.0]]), domain=0)
     assert -0.5 <= float(out[0, 0]) <= 39.5 and -0.5 <= float(out[0, 1]) <= 39.5
 
 

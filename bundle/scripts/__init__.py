@@ -61,7 +61,15 @@ from .recognition import (
     train_recognizer,
 )
 from .reports import EvaluationReport
-from .refinement import LandmarkRefiner, PatchHeatmapLoss, RandLandmarkPatchesd, RefineLandmarksd, landmark_patches
+from .refinement import (
+    AccumulateLandmarkShapes,
+    LandmarkRefiner,
+    PatchHeatmapLoss,
+    RandLandmarkPatchesd,
+    RefineLandmarksd,
+    landmark_patches,
+    shape_scale,
+)
 from .review import ChooseReviewThresholds, FlagReviewd, ReviewThresholds
 from .run_lock import RunLockError, lock_output_dir
 from .runtime import keep_freed_memory

@@ -14,6 +14,10 @@ like the network, it needs no pixel spacing and sees an anatomy at the scale the
   soft-argmax's distance to it.
 - :class:`RefineLandmarksd`: postprocessing after decoding: each landmark of ``pred_landmarks`` (original image
   pixels) refined where the checkpoint has a refiner; mirrored images are refined mirrored back.
+- :class:`AccumulateLandmarkShapes`: while the refiner trains, its anatomies' mean landmark layout in the
+  refinement grid. At inference the decoded points' spread against it tells how much larger or smaller the anatomy
+  appears than in training (another framing, another device's field of view), and the patches are sampled at that
+  scale, so the refiner sees each landmark at the scale it learned.
 
 MONAI has patch samplers for segmentation (``RandCropByPosNegLabeld``) but none that follows one point at a
 time with sub-pixel centres, mirroring and a per-landmark target, hence these. Measured by ``bench/accuracy.py``.
@@ -41,7 +45,16 @@ from .heatmaps import grid_to_original
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LandmarkRefiner", "RandLandmarkPatchesd", "PatchHeatmapLoss", "RefineLandmarksd", "landmark_patches", "patch_positions"]
+__all__ = [
+    "LandmarkRefiner",
+    "RandLandmarkPatchesd",
+    "PatchHeatmapLoss",
+    "RefineLandmarksd",
+    "AccumulateLandmarkShapes",
+    "landmark_patches",
+    "patch_positions",
+    "shape_scale",
+]
 
 
 def patch_positions(
@@ -77,6 +90,28 @@ def landmark_patches(
     return (patches - mean) / (std + 1e-6)
 
 
+def shape_scale(points: torch.Tensor, reference: torch.Tensor, limits: tuple[float, float] = (0.5, 2.0)) -> float:
+    """How many times larger the layout of ``points`` ``(C, 2)`` is than ``reference`` ``(C, 2)`` (same landmarks).
+
+    The median over landmarks of each one's distance to the layout's median point, against the same in the
+    reference: distances, so a mirrored or rotated layout has the scale of the upright one, and medians, so a
+    minority of landmarks found in the wrong place does not move it. Landmarks that are NaN in either are left
+    out; with fewer than 3 left, or a reference without spread, 1.0. Clipped to ``limits``.
+    """
+    p, m = torch.as_tensor(points, dtype=torch.float64), torch.as_tensor(reference, dtype=torch.float64)
+    ok = torch.isfinite(p).all(dim=1) & torch.isfinite(m).all(dim=1)
+    if int(ok.sum()) < 3:
+        return 1.0
+    p, m = p[ok], m[ok]
+    dp = (p - p.median(dim=0).values).norm(dim=1)
+    dm = (m - m.median(dim=0).values).norm(dim=1)
+    keep = dm > 1e-3 * dm.max().clamp_min(1e-12)
+    if int(keep.sum()) < 3:
+        return 1.0
+    scale = float((dp[keep] / dm[keep]).median())
+    return float(min(max(scale, limits[0]), limits[1])) if np.isfinite(scale) else 1.0
+
+
 class LandmarkRefiner(nn.Module):
     """The refining network and its settings.
 
@@ -107,6 +142,10 @@ class LandmarkRefiner(nn.Module):
         self.register_buffer("patch_size", torch.tensor(int(patch_size)))
         self.register_buffer("features", torch.tensor([int(f) for f in features]))
         self.register_buffer("window", torch.tensor(int(window)))
+        # the training landmarks' layout in the refinement grid (AccumulateLandmarkShapes): sums and counts, so
+        # that it is a plain mean over every sample drawn, saved and resumed with the weights
+        self.register_buffer("shape_sum", torch.zeros(sum(counts), 2, dtype=torch.float64))
+        self.register_buffer("shape_count", torch.zeros(sum(counts), dtype=torch.float64))
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> LandmarkRefiner:
@@ -114,8 +153,24 @@ class LandmarkRefiner(nn.Module):
         refiner = cls(
             state["landmark_counts"].tolist(), int(state["factor"]), int(state["patch_size"]), state["features"].tolist(), int(state["window"])
         )
+        # a refiner saved before the layout was recorded (0.7.0) has none: it refines at the scale as found
+        state = {**refiner.state_dict(), **state}
         refiner.load_state_dict(state)
         return refiner
+
+    def accumulate_shapes(self, shapes: torch.Tensor) -> None:
+        """Add training layouts ``(B, channels, 2)`` (refinement-grid voxels, NaN where a landmark is not given)."""
+        s = torch.as_tensor(shapes, dtype=torch.float64).to(self.shape_sum.device).reshape(-1, *self.shape_sum.shape)
+        ok = torch.isfinite(s).all(dim=-1)
+        self.shape_sum += torch.where(ok[..., None], s, torch.zeros_like(s)).sum(dim=0)
+        self.shape_count += ok.sum(dim=0).to(self.shape_count.dtype)
+
+    def mean_shape(self, domain: int) -> torch.Tensor:
+        """The mean training layout ``(C, 2)`` of the anatomy of ``domain``; NaN where none was recorded."""
+        a, b = self.channel(domain), self.channel(domain + 1)
+        count = self.shape_count[a:b].cpu()
+        mean = self.shape_sum[a:b].cpu() / count.clamp_min(1)[:, None]
+        return torch.where((count > 0)[:, None], mean, torch.full_like(mean, float("nan")))
 
     def channel(self, domain: int, landmark: int | torch.Tensor = 0) -> Any:
         """The output channel of ``landmark`` of the anatomy of ``domain``."""
@@ -125,24 +180,29 @@ class LandmarkRefiner(nn.Module):
         return self.net(patches)
 
     @torch.no_grad()
-    def refine(self, image: torch.Tensor, points: torch.Tensor, domain: int, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def refine(
+        self, image: torch.Tensor, points: torch.Tensor, domain: int, flip: bool = False, adapt_scale: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Refine ``points`` ``(C, 2)`` (refinement-grid voxels) of one image ``(1, W, H)`` of anatomy ``domain``.
 
-        Returns the refined points and each one's confidence: the probability within the window around its peak.
-        NaN points (not found) stay NaN.
+        With ``adapt_scale`` (and a recorded training layout) the patches are sampled with a step of the points'
+        scale against that layout (:func:`shape_scale`): an anatomy shown at 70 % is looked at 1 / 0.7 times
+        closer. Returns the refined points, each one's confidence (the probability within the window around its
+        peak) and the scale used. NaN points (not found) stay NaN.
         """
         size, half = int(self.patch_size), int(self.window) // 2
         pts = torch.as_tensor(points, dtype=torch.float32)
         ok = torch.isfinite(pts).all(dim=1)
         out, conf = pts.clone(), torch.full((pts.shape[0],), float("nan"))
         if not ok.any():
-            return out, conf
+            return out, conf, 1.0
+        step = shape_scale(pts, self.mean_shape(domain)) if adapt_scale else 1.0
         idx = torch.nonzero(ok).flatten()
         device = self.factor.device
-        patches = landmark_patches(image, pts[idx], size, flip=flip).to(device)
+        patches = landmark_patches(image, pts[idx], size, step=step, flip=flip).to(device)
         logits = self(patches)[torch.arange(idx.numel()), self.channel(domain, idx.to(device))].float().cpu()
         # a landmark lies in the image: patch pixels sampled outside it (border values) cannot be the answer
-        (w, h), (px, py) = image.shape[-2:], patch_positions(pts[idx], size, flip=flip)
+        (w, h), (px, py) = image.shape[-2:], patch_positions(pts[idx], size, step=step, flip=flip)
         inside = ((px >= -0.5) & (px <= w - 0.5))[:, :, None] & ((py >= -0.5) & (py <= h - 0.5))[:, None, :]
         logits = logits.masked_fill(~inside, float("-inf"))
         prob = F.softmax(logits.flatten(1), dim=1).reshape(-1, size, size)
@@ -155,10 +215,10 @@ class LandmarkRefiner(nn.Module):
             mass = w.sum()
             u = (w.sum(dim=1) * offsets[i0:i1]).sum() / mass
             v = (w.sum(dim=0) * offsets[j0:j1]).sum() / mass
-            out[k, 0] = pts[k, 0] + (-u if flip else u)
-            out[k, 1] = pts[k, 1] + v
+            out[k, 0] = pts[k, 0] + (-u if flip else u) * step
+            out[k, 1] = pts[k, 1] + v * step
             conf[k] = mass
-        return out, conf
+        return out, conf, step
 
 
 class RandLandmarkPatchesd(Randomizable, MapTransform):
@@ -169,7 +229,8 @@ class RandLandmarkPatchesd(Randomizable, MapTransform):
     landmark moved by a Gaussian error of ``jitter`` pixels per axis (the coarse stage's error at this grid,
     clipped to ``0.4 * patch_size``), sampled with a step drawn in ``zoom`` (another framing's scale). Returns a
     list of ``num_samples`` dicts: ``image`` ``(1, P, P)``, ``label`` ``(channels, P, P)`` with the landmark's
-    Gaussian (``sigma`` patch pixels) in its channel and zeros elsewhere, and ``domain``.
+    Gaussian (``sigma`` patch pixels) in its channel and zeros elsewhere, ``domain``, and under ``shape_key`` the
+    image's whole layout ``(channels, 2)`` (its anatomy's rows, NaN elsewhere) for :class:`AccumulateLandmarkShapes`.
     """
 
     def __init__(
@@ -183,10 +244,11 @@ class RandLandmarkPatchesd(Randomizable, MapTransform):
         jitter: float = 6.0,
         zoom: Sequence[float] = (0.85, 1.15),
         sigma: float = 1.5,
+        shape_key: str = "shape",
     ) -> None:
         MapTransform.__init__(self, keys)
         self.counts = [int(c) for c in landmark_counts]
-        self.landmarks_key, self.domain_key = landmarks_key, domain_key
+        self.landmarks_key, self.domain_key, self.shape_key = landmarks_key, domain_key, shape_key
         self.patch_size, self.num_samples = int(patch_size), int(num_samples)
         self.jitter, self.zoom, self.sigma = float(jitter), (float(zoom[0]), float(zoom[1])), float(sigma)
 
@@ -210,14 +272,33 @@ class RandLandmarkPatchesd(Randomizable, MapTransform):
         # the landmark in patch pixels (patch pixel i sits at centre + (i - (P-1)/2) * step)
         target = (points[chosen] - centres) / torch.as_tensor(steps, dtype=torch.float32)[:, None] + (size - 1) / 2
         grid = torch.arange(size, dtype=torch.float32)
+        shape = torch.full((sum(self.counts), 2), float("nan"))
+        shape[offset : offset + points.shape[0]] = points
         out = []
         for n, k in enumerate(chosen):
             gx = torch.exp(-((grid - target[n, 0]) ** 2) / (2 * self.sigma**2))
             gy = torch.exp(-((grid - target[n, 1]) ** 2) / (2 * self.sigma**2))
             label = torch.zeros(sum(self.counts), size, size)
             label[offset + k] = gx[:, None] * gy[None, :]
-            out.append({"image": patches[n], "label": label, self.domain_key: domain})
+            out.append({"image": patches[n], "label": label, self.domain_key: domain, self.shape_key: shape})
         return out
+
+
+class AccumulateLandmarkShapes:
+    """Ignite handler: adds each training batch's layouts (``batch[shape_key]``, from :class:`RandLandmarkPatchesd`)
+    to the refiner's record, from which inference reads the anatomy's scale (:func:`shape_scale`). Every image
+    gives the same number of samples per epoch, so the record is the mean layout over the training images."""
+
+    def __init__(self, refiner: LandmarkRefiner, shape_key: str = "shape") -> None:
+        self.refiner, self.shape_key = refiner, shape_key
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        self.refiner.accumulate_shapes(engine.state.batch[self.shape_key])
 
 
 class PatchHeatmapLoss(nn.Module):
@@ -252,8 +333,9 @@ class RefineLandmarksd(MapTransform):
     the network image's ``filename_or_obj`` with ``loader``. The image is resized to the refiner's grid
     (``factor`` x the anatomy's network size) and the points mapped through the affines both ways. Writes the
     refined points in place, the coarse ones to ``<key>_coarse`` and the refiner's confidences to
-    ``<key>_refine_confidence``. Without a refiner file (``path`` missing), or with one trained for other landmark
-    counts (a warning), the items pass unchanged; a file that cannot be read is an error naming it.
+    ``<key>_refine_confidence`` and the scale it looked at (``<key>_refine_scale``; ``adapt_scale`` false: 1.0,
+    the patches at the grid's own scale). Without a refiner file (``path`` missing), or with one trained for other
+    landmark counts (a warning), the items pass unchanged; a file that cannot be read is an error naming it.
     """
 
     def __init__(
@@ -266,9 +348,11 @@ class RefineLandmarksd(MapTransform):
         loader: Any = None,
         enabled: bool | str = True,
         device: Any = "cpu",
+        adapt_scale: bool | str = True,
     ) -> None:
         super().__init__(keys)
         self.anatomies, self.image_key, self.network_image_key, self.loader = anatomies, image_key, network_image_key, loader
+        self.adapt_scale = as_flag(adapt_scale, "refine_adapt_scale")
         self.refiner: LandmarkRefiner | None = None
         if as_flag(enabled, "refine") and path and os.path.isfile(path):  # `--refine false` arrives as 'false'
             state = read_checkpoint(path).get("refiner")
@@ -316,8 +400,9 @@ class RefineLandmarksd(MapTransform):
         for key in self.key_iterator(d):
             coarse = torch.as_tensor(np.asarray(d[key], dtype=np.float32))
             points = grid_to_original(coarse.double(), original_affine, grid_affine).float()
-            refined, conf = self.refiner.refine(grid.as_tensor(), points, domain, flip=flip)
+            refined, conf, scale = self.refiner.refine(grid.as_tensor(), points, domain, flip=flip, adapt_scale=self.adapt_scale)
             d[f"{key}_coarse"] = coarse.numpy()
             d[key] = grid_to_original(refined.double(), grid_affine, original_affine).numpy().astype(np.float32)
             d[f"{key}_refine_confidence"] = conf.numpy()
+            d[f"{key}_refine_scale"] = scale
         return d
