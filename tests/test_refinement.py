@@ -1,6 +1,6 @@
 """The refinement stage: patches follow the landmark (round trip within 0.5 px, mirrored too), the training target
 sits on the landmark in its own channel, the loss prefers the right peak, refined points map back to the original
-image, and a bad refiner file fails with its name."""
+image, the patches follow the anatomy's apparent scale, and a bad refiner file fails with its name."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ import torch
 
 from scripts.anatomies import Anatomy, AnatomySet
 from scripts.checkpoints import CheckpointError
-from scripts.refinement import LandmarkRefiner, PatchHeatmapLoss, RandLandmarkPatchesd, RefineLandmarksd, landmark_patches
+from scripts.refinement import (
+    AccumulateLandmarkShapes,
+    LandmarkRefiner,
+    PatchHeatmapLoss,
+    RandLandmarkPatchesd,
+    RefineLandmarksd,
+    landmark_patches,
+    shape_scale,
+)
 
 
 def blob_image(w: int, h: int, points: np.ndarray, sigma: float = 1.5) -> torch.Tensor:
@@ -114,6 +122,75 @@ def test_refine_moves_each_point_to_the_peak_in_image_coordinates(flip):
     assert torch.allclose(out[0], torch.tensor([20.0 + dx, 30.0 - 3.5]), atol=1e-4)
     assert torch.isnan(out[1]).all() and conf[0] > 0.99 and torch.isnan(conf[1])
     assert scale == 1.0  # no training layout recorded: the grid's own scale
+
+
+LAYOUT = torch.tensor([[10.0, 10.0], [30.0, 12.0], [22.0, 35.0], [8.0, 28.0], [18.0, 20.0]])
+
+
+def _rotated(points: torch.Tensor, degrees: float, scale: float, mirror: bool = False) -> torch.Tensor:
+    t = np.deg2rad(degrees)
+    r = torch.tensor([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]], dtype=torch.float32)
+    p = (points - points.mean(0)) @ r.T * scale
+    if mirror:
+        p[:, 0] = -p[:, 0]
+    return p + torch.tensor([100.0, 80.0])
+
+
+@pytest.mark.parametrize("degrees, scale, mirror", [(0.0, 0.7, False), (10.0, 1.3, False), (-25.0, 1.0, True)])
+def test_the_scale_of_a_layout_ignores_position_rotation_mirroring_and_a_misplaced_minority(degrees, scale, mirror):
+    points = _rotated(LAYOUT, degrees, scale, mirror)
+    assert shape_scale(points, LAYOUT) == pytest.approx(scale, rel=1e-4)
+    wrong = points.clone()
+    wrong[1] = torch.tensor([400.0, -300.0])  # one landmark of five found far away
+    assert shape_scale(wrong, LAYOUT) == pytest.approx(scale, rel=0.2)
+    missing = points.clone()
+    missing[:3] = float("nan")  # two left: too few to tell
+    assert shape_scale(missing, LAYOUT) == 1.0
+    assert shape_scale(points * 10, LAYOUT) == 2.0  # clipped to the limits
+
+
+def test_the_training_layout_is_recorded_per_landmark_and_saved_with_the_weights():
+    counts = [2, 3]
+    refiner = LandmarkRefiner(counts, factor=2, patch_size=16)
+    assert torch.isnan(refiner.mean_shape(1)).all()  # nothing recorded yet
+    points = np.array([[30.0, 40.0], [70.0, 90.0], [np.nan, np.nan]], dtype=np.float32)
+    t = RandLandmarkPatchesd(keys="image", landmark_counts=counts, patch_size=16, num_samples=4)
+    samples = t({"image": blob_image(100, 120, points[:2]), "landmarks": points, "domain": 1})
+    batch = {"shape": torch.stack([s["shape"] for s in samples])}
+
+    class Engine:  # what AccumulateLandmarkShapes reads of ignite's engine
+        class state:
+            pass
+
+    Engine.state.batch = batch
+    handler = AccumulateLandmarkShapes(refiner)
+    handler(Engine)
+    moved = batch["shape"].clone()
+    moved[:, 2:4] += 10.0  # a second image, its landmarks 10 px further on
+    Engine.state.batch = [{"shape": m} for m in moved]  # as MONAI's workflows leave it: decollated
+    handler(Engine)
+    mean = refiner.mean_shape(1)
+    assert torch.allclose(mean[:2], torch.tensor([[35.0, 45.0], [75.0, 95.0]], dtype=torch.float64))
+    assert torch.isnan(mean[2]).all() and torch.isnan(refiner.mean_shape(0)).all()
+    again = LandmarkRefiner.from_state_dict(refiner.state_dict())
+    assert torch.allclose(again.mean_shape(1)[:2], mean[:2])
+    # a refiner saved before layouts were recorded loads, and refines at the grid's own scale
+    old = {k: v for k, v in refiner.state_dict().items() if not k.startswith("shape_")}
+    assert torch.isnan(LandmarkRefiner.from_state_dict(old).mean_shape(1)).all()
+
+
+@pytest.mark.parametrize("adapt", [True, False])
+def test_patches_are_sampled_at_the_apparent_scale_of_the_anatomy(adapt):
+    """An anatomy shown at twice the recorded size is looked at with a step of 2: the same patch pixel (the
+    network's peak) lies twice as far from the centre in the image."""
+    refiner = LandmarkRefiner([5], factor=2, patch_size=16, window=3)
+    refiner.accumulate_shapes(LAYOUT[None])
+    refiner.net = PeakAt(5, 10, 4, 16)  # 2.5 right and 3.5 up of the patch centre
+    points = _rotated(LAYOUT, 0.0, 2.0)
+    out, _, scale = refiner.refine(torch.rand(1, 200, 200), points, domain=0, adapt_scale=adapt)
+    expected = 2.0 if adapt else 1.0
+    assert scale == pytest.approx(expected, rel=1e-4)
+    assert torch.allclose(out - points, torch.tensor([2.5, -3.5]) * expected, atol=1e-3)
 
 
 def test_a_refined_point_stays_in_the_image_where_the_patch_reaches_beyond_it():

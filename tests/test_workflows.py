@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import BUNDLE
 
@@ -206,6 +207,9 @@ def test_refining_trains_a_refiner_that_inference_and_evaluation_then_use(traine
         "--output_dir", run, "--refine_epochs", "2", "--refine_samples", "2", "--refine_patch", "32",
     )
     assert os.path.isfile(os.path.join(run, "models", "refiner", "refiner.pt"))
+    # the training images' layout, recorded for the scale at inference: every landmark of every image drawn
+    state = torch.load(os.path.join(run, "models", "refiner", "refiner.pt"), weights_only=True)["refiner"]
+    assert state["shape_count"].shape == (int(state["landmark_counts"].sum()),) and float(state["shape_count"].min()) > 0
     assert sorted(f for f in os.listdir(os.path.join(run, "models", "refiner")) if f.startswith("checkpoint_")) == [
         "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]  # fmt: skip
     client, runs = _mlflow(run)
@@ -218,12 +222,14 @@ def test_refining_trains_a_refiner_that_inference_and_evaluation_then_use(traine
     )  # fmt: skip
     result = json.load(open(os.path.join(out, "hand_005.json")))
     assert result["refined"] is True and len(result["landmarks"]) == 37
+    assert 0.5 <= result["refine_scale"] <= 2.0
     xs, ys = np.array([[p["x"], p["y"]] for p in result["landmarks"]]).T
     assert np.isfinite(xs).all() and xs.min() >= -0.5 and xs.max() <= 175.5 and ys.min() >= -0.5 and ys.max() <= 255.5
     out = os.path.join(run, "eval")
     bundle("run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", trained["data"], "--ckpt_path", ckpt, "--output_dir", out)
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["_run"]["refiner"].endswith(os.path.join("refiner", "refiner.pt")) and np.isfinite(metrics["hand"]["MRE"])
+    assert metrics["_run"]["refine_adapt_scale"] is True
 
 
 def test_inference_without_an_anatomy_uses_the_recogniser_trained_with_the_model(trained):

@@ -103,6 +103,8 @@ class SaveLandmarksd(MapTransform):
             result.update(review_fields(d, result["landmarks"]))
             # moved by the refinement stage (scripts.refinement.RefineLandmarksd keeps the decoded points beside them)
             result["refined"] = f"{key}_coarse" in d
+            if f"{key}_refine_scale" in d:  # the anatomy's apparent size against the refiner's training images
+                result["refine_scale"] = round(float(d[f"{key}_refine_scale"]), 4)
             write_json_atomic(result, os.path.join(self.output_dir, f"{stem}.json"))
             if self.overlay:
                 # colours around the item's review threshold (scripts.review.FlagReviewd) where it was flagged

@@ -298,7 +298,12 @@ class AccumulateLandmarkShapes:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Any) -> None:
-        self.refiner.accumulate_shapes(engine.state.batch[self.shape_key])
+        batch = engine.state.batch
+        if isinstance(batch, Mapping):
+            shapes = batch[self.shape_key]
+        else:  # MONAI's workflows decollate the batch into its items before the handlers see it
+            shapes = torch.stack([torch.as_tensor(item[self.shape_key]) for item in batch])
+        self.refiner.accumulate_shapes(shapes)
 
 
 class PatchHeatmapLoss(nn.Module):
