@@ -1,6 +1,7 @@
 """The refinement stage: patches follow the landmark (round trip within 0.5 px, mirrored too), the training target
 sits on the landmark in its own channel, the loss prefers the right peak, refined points map back to the original
-image, the patches follow the anatomy's apparent scale, and a bad refiner file fails with its name."""
+image, the patches follow the anatomy's apparent scale, shifted patches read each landmark's own channel, and a bad
+refiner file fails with its name."""
 
 from __future__ import annotations
 
@@ -124,6 +125,53 @@ def test_refine_moves_each_point_to_the_peak_in_image_coordinates(flip):
     assert scale == 1.0  # no training layout recorded: the grid's own scale
 
 
+class BrightestPixel(torch.nn.Module):
+    """Stands in for a trained refiner: every channel's logits are the patch itself, so each patch's answer is the
+    image's blob wherever the patch sits around it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (4.0 * x).expand(-1, self.channels, -1, -1)
+
+
+class PeakPerChannel(torch.nn.Module):
+    """Logits peaked at another patch pixel in each channel: a patch read in another landmark's channel moves its
+    point by that landmark's offset."""
+
+    def __init__(self, peaks: list[tuple[int, int]], size: int) -> None:
+        super().__init__()
+        self.peaks, self.size = peaks, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], len(self.peaks), self.size, self.size)
+        for c, (i, j) in enumerate(self.peaks):
+            out[:, c, i, j] = 30.0
+        return out
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_nine_shifted_patches_find_each_landmark_in_its_own_channel(flip):
+    """With ``shifts`` each landmark is looked at from nine patches up to 2 x 1.5 x factor pixels off it: they find
+    its blob (mirrored too), and each patch is read in its own landmark's channel."""
+    blobs = np.array([[20.3, 31.6], [41.7, 18.2], [30.5, 45.4]])
+    image = blob_image(64, 64, blobs, sigma=1.5)
+    refiner = LandmarkRefiner([3], factor=2, patch_size=16, window=3)
+    refiner.net = BrightestPixel(3)
+    start = torch.tensor(blobs, dtype=torch.float32) + torch.tensor([[1.8, -2.2], [-2.4, 1.1], [0.6, 2.7]])
+    nine, conf, _ = refiner.refine(image, start, domain=0, flip=flip, shifts=1.5)
+    assert (nine - torch.tensor(blobs, dtype=torch.float32)).norm(dim=1).max() < 0.5
+    assert bool((conf > 0).all())
+    refiner.net = PeakPerChannel([(10, 4), (7, 7), (2, 12)], 16)  # offsets (2.5, -3.5), (-0.5, -0.5), (-5.5, 4.5)
+    moved = refiner.refine(image, start, domain=0, flip=flip, shifts=1.5)[0] - start
+    expected = torch.tensor([[2.5, -3.5], [-0.5, -0.5], [-5.5, 4.5]])
+    if flip:
+        expected[:, 0] = -expected[:, 0]
+    assert torch.allclose(moved, expected, atol=1e-4)
+
+
 LAYOUT = torch.tensor([[10.0, 10.0], [30.0, 12.0], [22.0, 35.0], [8.0, 28.0], [18.0, 20.0]])
 
 
@@ -240,6 +288,12 @@ def test_points_are_read_in_the_files_grid_when_the_image_was_transformed_after_
     # the patch is sampled mirrored from a grid whose x runs against the file's: its -0.5 is -0.75 file pixels in
     # x too (reading the points in the mirrored copy's own grid instead gives +0.75)
     np.testing.assert_allclose(out["pred_landmarks"], pts - 0.75, atol=0.05)
+
+
+@pytest.mark.parametrize("shifts", [-1, "far", float("nan")])
+def test_a_bad_shift_distance_is_refused_with_the_option_name(shifts):
+    with pytest.raises(ValueError, match="refine_shifts"):
+        RefineLandmarksd("pred_landmarks", None, _anatomies(), shifts=shifts)
 
 
 def test_without_a_refiner_items_pass_unchanged_and_a_bad_file_names_itself(tmp_path, caplog):

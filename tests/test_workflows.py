@@ -226,10 +226,13 @@ def test_refining_trains_a_refiner_that_inference_and_evaluation_then_use(traine
     xs, ys = np.array([[p["x"], p["y"]] for p in result["landmarks"]]).T
     assert np.isfinite(xs).all() and xs.min() >= -0.5 and xs.max() <= 175.5 and ys.min() >= -0.5 and ys.max() <= 255.5
     out = os.path.join(run, "eval")
-    bundle("run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", trained["data"], "--ckpt_path", ckpt, "--output_dir", out)
+    bundle(
+        "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", trained["data"], "--ckpt_path", ckpt, "--output_dir", out,
+        "--refine_shifts", "1",
+    )  # fmt: skip
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["_run"]["refiner"].endswith(os.path.join("refiner", "refiner.pt")) and np.isfinite(metrics["hand"]["MRE"])
-    assert metrics["_run"]["refine_adapt_scale"] is True
+    assert metrics["_run"]["refine_adapt_scale"] is True and metrics["_run"]["refine_shifts"] == 1.0
 
 
 def test_inference_without_an_anatomy_uses_the_recogniser_trained_with_the_model(trained):

@@ -181,14 +181,23 @@ class LandmarkRefiner(nn.Module):
 
     @torch.no_grad()
     def refine(
-        self, image: torch.Tensor, points: torch.Tensor, domain: int, flip: bool = False, adapt_scale: bool = True
+        self,
+        image: torch.Tensor,
+        points: torch.Tensor,
+        domain: int,
+        flip: bool = False,
+        adapt_scale: bool = True,
+        shifts: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Refine ``points`` ``(C, 2)`` (refinement-grid voxels) of one image ``(1, W, H)`` of anatomy ``domain``.
 
         With ``adapt_scale`` (and a recorded training layout) the patches are sampled with a step of the points'
         scale against that layout (:func:`shape_scale`): an anatomy shown at 70 % is looked at 1 / 0.7 times
-        closer. Returns the refined points, each one's confidence (the probability within the window around its
-        peak) and the scale used. NaN points (not found) stay NaN.
+        closer. With ``shifts`` > 0 each point is looked at from nine patches, centred on it and on the eight
+        points ``shifts`` network pixels (times the scale) around it, and refined to the mean of their nine answers:
+        the refiner's answer depends on where its patch sits, and their mean is steadier than any one of them.
+        Returns the refined points, each one's confidence (the probability within the window around its peak,
+        averaged over its patches) and the scale used. NaN points (not found) stay NaN.
         """
         size, half = int(self.patch_size), int(self.window) // 2
         pts = torch.as_tensor(points, dtype=torch.float32)
@@ -198,26 +207,33 @@ class LandmarkRefiner(nn.Module):
             return out, conf, 1.0
         step = shape_scale(pts, self.mean_shape(domain)) if adapt_scale else 1.0
         idx = torch.nonzero(ok).flatten()
+        d = float(shifts) * int(self.factor) * step
+        grid = torch.tensor([-d, 0.0, d]) if d > 0 else torch.zeros(1)
+        around = torch.cartesian_prod(grid, grid).reshape(-1, 2)  # (K, 2) patch centres around each point
+        k, n = around.shape[0], idx.numel()
+        centres = (pts[idx][None] + around[:, None]).reshape(-1, 2)  # (K * n, 2), patch by patch of each shift
         device = self.factor.device
-        patches = landmark_patches(image, pts[idx], size, step=step, flip=flip).to(device)
-        logits = self(patches)[torch.arange(idx.numel()), self.channel(domain, idx.to(device))].float().cpu()
+        patches = landmark_patches(image, centres, size, step=step, flip=flip).to(device)
+        channels = self.channel(domain, idx.to(device)).repeat(k)
+        logits = self(patches)[torch.arange(k * n, device=device), channels].float().cpu()
         # a landmark lies in the image: patch pixels sampled outside it (border values) cannot be the answer
-        (w, h), (px, py) = image.shape[-2:], patch_positions(pts[idx], size, step=step, flip=flip)
+        (w, h), (px, py) = image.shape[-2:], patch_positions(centres, size, step=step, flip=flip)
         inside = ((px >= -0.5) & (px <= w - 0.5))[:, :, None] & ((py >= -0.5) & (py <= h - 0.5))[:, None, :]
         logits = logits.masked_fill(~inside, float("-inf"))
         prob = F.softmax(logits.flatten(1), dim=1).reshape(-1, size, size)
+        # the probability-weighted mean offset in the window around each peak; zero padding clips the window at
+        # the patch's border
         peak = prob.flatten(1).argmax(dim=1)
-        offsets = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-        for n, k in enumerate(idx.tolist()):
-            i, j = divmod(int(peak[n]), size)
-            i0, i1, j0, j1 = max(0, i - half), min(size, i + half + 1), max(0, j - half), min(size, j + half + 1)
-            w = prob[n, i0:i1, j0:j1]
-            mass = w.sum()
-            u = (w.sum(dim=1) * offsets[i0:i1]).sum() / mass
-            v = (w.sum(dim=0) * offsets[j0:j1]).sum() / mass
-            out[k, 0] = pts[k, 0] + (-u if flip else u) * step
-            out[k, 1] = pts[k, 1] + v * step
-            conf[k] = mass
+        rows = torch.div(peak, size, rounding_mode="floor")[:, None] + torch.arange(2 * half + 1)[None]
+        cols = (peak % size)[:, None] + torch.arange(2 * half + 1)[None]
+        win = F.pad(prob, (half, half, half, half))[torch.arange(k * n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        offsets = torch.arange(size + 2 * half, dtype=torch.float32) - half - (size - 1) / 2  # of padded indices
+        mass = win.sum(dim=(1, 2))
+        u = (win.sum(dim=2) * offsets[rows]).sum(dim=1) / mass
+        v = (win.sum(dim=1) * offsets[cols]).sum(dim=1) / mass
+        answers = centres + torch.stack([-u if flip else u, v], dim=1) * step
+        out[idx] = answers.reshape(k, n, 2).mean(dim=0)
+        conf[idx] = mass.reshape(k, n).mean(dim=0)
         return out, conf, step
 
 
@@ -339,7 +355,8 @@ class RefineLandmarksd(MapTransform):
     (``factor`` x the anatomy's network size) and the points mapped through the affines both ways. Writes the
     refined points in place, the coarse ones to ``<key>_coarse`` and the refiner's confidences to
     ``<key>_refine_confidence`` and the scale it looked at (``<key>_refine_scale``; ``adapt_scale`` false: 1.0,
-    the patches at the grid's own scale). Without a refiner file (``path`` missing), or with one trained for other
+    the patches at the grid's own scale). ``shifts``: nine patches per landmark, this many network pixels apart,
+    their answers averaged (:meth:`LandmarkRefiner.refine`); 0: one patch. Without a refiner file (``path`` missing), or with one trained for other
     landmark counts (a warning), the items pass unchanged; a file that cannot be read is an error naming it.
     """
 
@@ -354,10 +371,17 @@ class RefineLandmarksd(MapTransform):
         enabled: bool | str = True,
         device: Any = "cpu",
         adapt_scale: bool | str = True,
+        shifts: float | str = 0.0,
     ) -> None:
         super().__init__(keys)
         self.anatomies, self.image_key, self.network_image_key, self.loader = anatomies, image_key, network_image_key, loader
         self.adapt_scale = as_flag(adapt_scale, "refine_adapt_scale")
+        try:
+            self.shifts = float(shifts)
+        except (TypeError, ValueError):
+            self.shifts = float("nan")
+        if not np.isfinite(self.shifts) or self.shifts < 0:
+            raise ValueError(f"refine_shifts must be a distance in network pixels >= 0 (0: one patch), got {shifts!r}.")
         self.refiner: LandmarkRefiner | None = None
         if as_flag(enabled, "refine") and path and os.path.isfile(path):  # `--refine false` arrives as 'false'
             state = read_checkpoint(path).get("refiner")
@@ -405,7 +429,9 @@ class RefineLandmarksd(MapTransform):
         for key in self.key_iterator(d):
             coarse = torch.as_tensor(np.asarray(d[key], dtype=np.float32))
             points = grid_to_original(coarse.double(), original_affine, grid_affine).float()
-            refined, conf, scale = self.refiner.refine(grid.as_tensor(), points, domain, flip=flip, adapt_scale=self.adapt_scale)
+            refined, conf, scale = self.refiner.refine(
+                grid.as_tensor(), points, domain, flip=flip, adapt_scale=self.adapt_scale, shifts=self.shifts
+            )
             d[f"{key}_coarse"] = coarse.numpy()
             d[key] = grid_to_original(refined.double(), grid_affine, original_affine).numpy().astype(np.float32)
             d[f"{key}_refine_confidence"] = conf.numpy()
