@@ -155,7 +155,7 @@ class PeakPerChannel(torch.nn.Module):
 @pytest.mark.parametrize("flip", [False, True])
 def test_nine_shifted_patches_find_each_landmark_in_its_own_channel(flip):
     """With ``shifts`` each landmark is looked at from nine patches up to 2 x 1.5 x factor pixels off it: they find
-    its blob (mirrored too), and each patch is read in its own landmark's channel."""
+    its blob (mirrored too), and each patch is read in its own landmark's channel, in chunks too."""
     blobs = np.array([[20.3, 31.6], [41.7, 18.2], [30.5, 45.4]])
     image = blob_image(64, 64, blobs, sigma=1.5)
     refiner = LandmarkRefiner([3], factor=2, patch_size=16, window=3)
@@ -165,6 +165,7 @@ def test_nine_shifted_patches_find_each_landmark_in_its_own_channel(flip):
     assert (nine - torch.tensor(blobs, dtype=torch.float32)).norm(dim=1).max() < 0.5
     assert bool((conf > 0).all())
     refiner.net = PeakPerChannel([(10, 4), (7, 7), (2, 12)], 16)  # offsets (2.5, -3.5), (-0.5, -0.5), (-5.5, 4.5)
+    refiner.chunk = 4  # the 27 patches in 7 forward passes, the last one short
     moved = refiner.refine(image, start, domain=0, flip=flip, shifts=1.5)[0] - start
     expected = torch.tensor([[2.5, -3.5], [-0.5, -0.5], [-5.5, 4.5]])
     if flip:

@@ -123,6 +123,10 @@ class LandmarkRefiner(nn.Module):
         window: the square around the peak whose probability-weighted mean is the refined point.
     """
 
+    #: patches per forward pass at inference (each returns every landmark's channel: 64 x 222 x 64 x 64 floats,
+    #: 230 MB, for the universal head + chest + hand)
+    chunk: int = 64
+
     def __init__(
         self,
         landmark_counts: Sequence[int],
@@ -213,9 +217,14 @@ class LandmarkRefiner(nn.Module):
         k, n = around.shape[0], idx.numel()
         centres = (pts[idx][None] + around[:, None]).reshape(-1, 2)  # (K * n, 2), patch by patch of each shift
         device = self.factor.device
-        patches = landmark_patches(image, centres, size, step=step, flip=flip).to(device)
-        channels = self.channel(domain, idx.to(device)).repeat(k)
-        logits = self(patches)[torch.arange(k * n, device=device), channels].float().cpu()
+        patches = landmark_patches(image, centres, size, step=step, flip=flip)
+        channels = self.channel(domain, idx).repeat(k)
+        # the network answers in every landmark's channel and each patch needs one: in chunks, so that a chest's
+        # 166 landmarks x 9 patches do not hold every channel of every patch at once
+        logits = torch.cat([
+            self(patches[i : i + self.chunk].to(device))[torch.arange(len(c)), c.to(device)].float().cpu()
+            for i, c in ((i, channels[i : i + self.chunk]) for i in range(0, k * n, self.chunk))
+        ])  # fmt: skip
         # a landmark lies in the image: patch pixels sampled outside it (border values) cannot be the answer
         (w, h), (px, py) = image.shape[-2:], patch_positions(centres, size, step=step, flip=flip)
         inside = ((px >= -0.5) & (px <= w - 0.5))[:, :, None] & ((py >= -0.5) & (py <= h - 0.5))[:, None, :]
@@ -356,8 +365,9 @@ class RefineLandmarksd(MapTransform):
     refined points in place, the coarse ones to ``<key>_coarse`` and the refiner's confidences to
     ``<key>_refine_confidence`` and the scale it looked at (``<key>_refine_scale``; ``adapt_scale`` false: 1.0,
     the patches at the grid's own scale). ``shifts``: nine patches per landmark, this many network pixels apart,
-    their answers averaged (:meth:`LandmarkRefiner.refine`); 0: one patch. Without a refiner file (``path`` missing), or with one trained for other
-    landmark counts (a warning), the items pass unchanged; a file that cannot be read is an error naming it.
+    their answers averaged (:meth:`LandmarkRefiner.refine`); 0: one patch. Without a refiner file (``path``
+    missing), or with one trained for other landmark counts (a warning), the items pass unchanged; a file that
+    cannot be read is an error naming it.
     """
 
     def __init__(
