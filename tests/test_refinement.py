@@ -100,23 +100,30 @@ def test_the_loss_is_lower_for_the_right_peak_and_reads_only_the_landmark_channe
     assert float(logits.grad[0, [0, 2]].abs().sum()) == 0.0 and float(logits.grad[0, 1].abs().sum()) > 0
 
 
-class PeakAt(torch.nn.Module):
-    """Stands in for the refiner's network: logits peaked at one patch pixel for every landmark."""
+class PeakPerChannel(torch.nn.Module):
+    """Stands in for the refiner's network: logits peaked at one patch pixel per channel (another pixel in each, so
+    a patch read in another landmark's channel moves its point by that landmark's offset)."""
 
-    def __init__(self, channels: int, i: int, j: int, size: int) -> None:
+    def __init__(self, peaks: list[tuple[int, int]], size: int) -> None:
         super().__init__()
-        self.channels, self.i, self.j, self.size = channels, i, j, size
+        self.peaks, self.size = peaks, size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(x.shape[0], self.channels, self.size, self.size)
-        out[:, :, self.i, self.j] = 30.0
+        out = torch.zeros(x.shape[0], len(self.peaks), self.size, self.size)
+        for c, (i, j) in enumerate(self.peaks):
+            out[:, c, i, j] = 30.0
         return out
+
+
+def peak_at(channels: int, i: int, j: int, size: int) -> PeakPerChannel:
+    """Logits peaked at the same patch pixel for every landmark."""
+    return PeakPerChannel([(i, j)] * channels, size)
 
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_refine_moves_each_point_to_the_peak_in_image_coordinates(flip):
     refiner = LandmarkRefiner([2], factor=2, patch_size=16, window=3)
-    refiner.net = PeakAt(2, 10, 4, 16)  # 2.5 right and 3.5 up of the patch centre (7.5, 7.5)
+    refiner.net = peak_at(2, 10, 4, 16)  # 2.5 right and 3.5 up of the patch centre (7.5, 7.5)
     points = torch.tensor([[20.0, 30.0], [float("nan"), float("nan")]])
     out, conf, scale = refiner.refine(torch.rand(1, 64, 64), points, domain=0, flip=flip)
     dx = -2.5 if flip else 2.5
@@ -135,21 +142,6 @@ class BrightestPixel(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (4.0 * x).expand(-1, self.channels, -1, -1)
-
-
-class PeakPerChannel(torch.nn.Module):
-    """Logits peaked at another patch pixel in each channel: a patch read in another landmark's channel moves its
-    point by that landmark's offset."""
-
-    def __init__(self, peaks: list[tuple[int, int]], size: int) -> None:
-        super().__init__()
-        self.peaks, self.size = peaks, size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(x.shape[0], len(self.peaks), self.size, self.size)
-        for c, (i, j) in enumerate(self.peaks):
-            out[:, c, i, j] = 30.0
-        return out
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -234,7 +226,7 @@ def test_patches_are_sampled_at_the_apparent_scale_of_the_anatomy(adapt):
     network's peak) lies twice as far from the centre in the image."""
     refiner = LandmarkRefiner([5], factor=2, patch_size=16, window=3)
     refiner.accumulate_shapes(LAYOUT[None])
-    refiner.net = PeakAt(5, 10, 4, 16)  # 2.5 right and 3.5 up of the patch centre
+    refiner.net = peak_at(5, 10, 4, 16)  # 2.5 right and 3.5 up of the patch centre
     points = _rotated(LAYOUT, 0.0, 2.0)
     out, _, scale = refiner.refine(torch.rand(1, 200, 200), points, domain=0, adapt_scale=adapt)
     expected = 2.0 if adapt else 1.0
@@ -244,7 +236,7 @@ def test_patches_are_sampled_at_the_apparent_scale_of_the_anatomy(adapt):
 
 def test_a_refined_point_stays_in_the_image_where_the_patch_reaches_beyond_it():
     refiner = LandmarkRefiner([1], factor=2, patch_size=16, window=3)
-    refiner.net = PeakAt(1, 0, 8, 16)  # the network's peak 7.5 pixels left of the centre: outside the image
+    refiner.net = peak_at(1, 0, 8, 16)  # the network's peak 7.5 pixels left of the centre: outside the image
     out, _, _ = refiner.refine(torch.rand(1, 40, 40), torch.tensor([[2.0, 20.0]]), domain=0)
     assert -0.5 <= float(out[0, 0]) <= 39.5 and -0.5 <= float(out[0, 1]) <= 39.5
 
@@ -262,7 +254,7 @@ def test_refined_points_map_back_to_the_original_image(tmp_path):
     torch.save({"refiner": refiner.state_dict()}, path)
     transform = RefineLandmarksd("pred_landmarks", path, _anatomies())
     assert transform.active
-    transform.refiner.net = PeakAt(2, 7, 7, 16)  # near the centre (7.5, 7.5): a shift of -0.5 patch px each way
+    transform.refiner.net = peak_at(2, 7, 7, 16)  # near the centre (7.5, 7.5): a shift of -0.5 patch px each way
     original = MetaTensor(torch.rand(1, 96, 144), affine=torch.diag(torch.tensor([0.2, 0.2, 1.0, 1.0], dtype=torch.float64)))
     pts = np.array([[40.0, 70.0], [10.0, 100.0]], dtype=np.float32)
     out = transform({"pred_landmarks": pts, "image_original": original, "domain": 0})
@@ -279,7 +271,7 @@ def test_points_are_read_in_the_files_grid_when_the_image_was_transformed_after_
     path = str(tmp_path / "refiner.pt")
     torch.save({"refiner": LandmarkRefiner([2], factor=2, patch_size=16, window=3).state_dict()}, path)
     transform = RefineLandmarksd("pred_landmarks", path, _anatomies())
-    transform.refiner.net = PeakAt(2, 7, 7, 16)
+    transform.refiner.net = peak_at(2, 7, 7, 16)
     read = MetaTensor(torch.rand(1, 96, 144), affine=torch.eye(4, dtype=torch.float64))
     read.meta["original_affine"] = read.affine.clone()
     mirrored = Flip(spatial_axis=0)(read)

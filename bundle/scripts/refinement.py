@@ -221,10 +221,11 @@ class LandmarkRefiner(nn.Module):
         channels = self.channel(domain, idx).repeat(k)
         # the network answers in every landmark's channel and each patch needs one: in chunks, so that a chest's
         # 166 landmarks x 9 patches do not hold every channel of every patch at once
-        logits = torch.cat([
-            self(patches[i : i + self.chunk].to(device))[torch.arange(len(c)), c.to(device)].float().cpu()
-            for i, c in ((i, channels[i : i + self.chunk]) for i in range(0, k * n, self.chunk))
-        ])  # fmt: skip
+        chunks = []
+        for i in range(0, k * n, self.chunk):
+            c = channels[i : i + self.chunk].to(device)
+            chunks.append(self(patches[i : i + self.chunk].to(device))[torch.arange(len(c), device=device), c].float().cpu())
+        logits = torch.cat(chunks)
         # a landmark lies in the image: patch pixels sampled outside it (border values) cannot be the answer
         (w, h), (px, py) = image.shape[-2:], patch_positions(centres, size, step=step, flip=flip)
         inside = ((px >= -0.5) & (px <= w - 0.5))[:, :, None] & ((py >= -0.5) & (py <= h - 0.5))[:, None, :]
