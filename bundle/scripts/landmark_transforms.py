@@ -17,7 +17,25 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize, SqueezeDim, Transform
 
-__all__ = ["ToGray2D", "ToGray2Dd", "PointsInImaged", "ResizeToSized"]
+__all__ = ["ToGray2D", "ToGray2Dd", "PointsInImaged", "ResizeToSized", "resize_image", "RESIZE_MODES"]
+
+RESIZE_MODES = ("area", "bilinear")
+
+
+def resize_image(image: torch.Tensor, size: list[int], mode: str = "area") -> torch.Tensor:
+    """Resize a channel-first image to ``size`` with MONAI's ``Resize`` (the affine follows).
+
+    ``area``: where every side shrinks, each output pixel is the mean of the input pixels it covers (a box
+    filter, so no aliasing); measured about 60 x faster than the Gaussian pre-filter of ``bilinear`` on a
+    2400-pixel X-ray (0.01 s against 0.6 s), which was most of the time spent reading an image. Where a side
+    grows, area would repeat pixels, so it is bilinear there. ``bilinear``: anti-aliased bilinear everywhere
+    (a Gaussian pre-filter, as before 0.10.0). A model is trained and run with one mode: ``resize_mode``.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}.")
+    if mode == "area" and all(int(s) <= int(n) for s, n in zip(size, image.shape[1:])):
+        return Resize(spatial_size=size, mode="area")(image)
+    return Resize(spatial_size=size, mode="bilinear", anti_aliasing=True)(image)
 
 
 class ToGray2D(Transform):
@@ -79,27 +97,28 @@ class ResizeToSized(MapTransform):
     """Resize each image to the size its item names (``d[size_key]``, e.g. the anatomy's ``[W, H]``).
 
     MONAI's ``Resized`` takes one fixed size; in a universal dataset every anatomy has its own, so the
-    size is read per item. The resize is MONAI's ``Resize`` (bilinear, anti-aliased; the affine is updated).
-    ``factor``: that size times this (the refinement stage's finer grid, :mod:`scripts.refinement`).
+    size is read per item. The resize is :func:`resize_image` (``mode``: area or bilinear; the affine is
+    updated). ``factor``: that size times this (the refinement stage's finer grid, :mod:`scripts.refinement`).
     """
 
     def __init__(
         self,
         keys: KeysCollection,
         size_key: str = "size",
-        mode: str = "bilinear",
+        mode: str = "area",
         factor: int = 1,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.size_key = size_key
+        if mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}.")
         self.mode = mode
         self.factor = int(factor)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         size = [int(s) * self.factor for s in d[self.size_key]]
-        resize = Resize(spatial_size=size, mode=self.mode, anti_aliasing=True)
         for key in self.key_iterator(d):
-            d[key] = resize(d[key])
+            d[key] = resize_image(d[key], size, self.mode)
         return d

@@ -36,12 +36,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.networks.nets import BasicUNet
-from monai.transforms import MapTransform, Randomizable, Resize
+from monai.transforms import MapTransform, Randomizable
 
 from .anatomies import AnatomySet
 from .checkpoints import CheckpointError, read_checkpoint
 from .errors import as_flag
 from .heatmaps import grid_to_original
+from .landmark_transforms import RESIZE_MODES, resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -366,7 +367,8 @@ class RefineLandmarksd(MapTransform):
     refined points in place, the coarse ones to ``<key>_coarse`` and the refiner's confidences to
     ``<key>_refine_confidence`` and the scale it looked at (``<key>_refine_scale``; ``adapt_scale`` false: 1.0,
     the patches at the grid's own scale). ``shifts``: nine patches per landmark, this many network pixels apart,
-    their answers averaged (:meth:`LandmarkRefiner.refine`); 0: one patch. Without a refiner file (``path``
+    their answers averaged (:meth:`LandmarkRefiner.refine`); 0: one patch. ``resize_mode``: how the grid is
+    resized (:func:`scripts.landmark_transforms.resize_image`), as the refiner was trained. Without a refiner file (``path``
     missing), or with one trained for other landmark counts (a warning), the items pass unchanged; a file that
     cannot be read is an error naming it.
     """
@@ -383,8 +385,12 @@ class RefineLandmarksd(MapTransform):
         device: Any = "cpu",
         adapt_scale: bool | str = True,
         shifts: float | str = 0.0,
+        resize_mode: str = "area",
     ) -> None:
         super().__init__(keys)
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}.")
+        self.resize_mode = resize_mode
         self.anatomies, self.image_key, self.network_image_key, self.loader = anatomies, image_key, network_image_key, loader
         self.adapt_scale = as_flag(adapt_scale, "refine_adapt_scale")
         try:
@@ -431,7 +437,7 @@ class RefineLandmarksd(MapTransform):
         original = self._original(d)
         domain = int(d["domain"])
         size = [int(s) * int(self.refiner.factor) for s in self.anatomies[domain].size]
-        grid = Resize(spatial_size=size, mode="bilinear", anti_aliasing=True)(original)
+        grid = resize_image(original, size, self.resize_mode)
         # the points are in the grid of the file as read (meta's original_affine, as DecodeLandmarksd maps them);
         # a spatial transform applied since (a benchmark's shift) moved the image's affine, and the grid's follows it
         original_affine = original.meta.get("original_affine", original.affine)
