@@ -162,6 +162,8 @@ def test_landmarks_equal_the_bundles_inference_and_the_markups_file_places_them(
     saved = ReviewThresholds.from_checkpoint(server["served"]).thresholds.get(anatomy)
     assert (result["review_threshold"], result["review_threshold_source"]) == ((saved, "checkpoint") if saved else (0.3, "app config"))
     assert [p["review"] for p in result["landmarks"]] == [p["review"] for p in reference["landmarks"]]
+    # the same orientation chosen and the same refinement stage (none beside this checkpoint)
+    assert (result["mirrored"], result["refined"]) == (reference["mirrored"], reference["refined"])
     # PNG: ITK's geometry is origin 0, spacing 1, identity, so the position in mm is (x, y, 0)
     assert np.allclose([p["position"] for p in result["landmarks"]], np.c_[ours, np.zeros(len(ours))])
 

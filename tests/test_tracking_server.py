@@ -169,6 +169,10 @@ def test_registered_model_loads_and_gives_the_inference_landmarks(tracked, monke
     assert by_path["image_size"] == tracked["reference"]["image_size"] == by_array["image_size"]
     assert [p["name"] for p in by_path["landmarks"]] == [p["name"] for p in tracked["reference"]["landmarks"]]
     assert np.abs(points(by_path) - reference).max() < 1e-4 and np.abs(points(by_array) - reference).max() < 1e-4
+    # the inference JSON's other fields alike: the review flags, the orientation, no refiner (none was trained)
+    for key in ("mirrored", "refined", "review_threshold", "landmarks_to_review", "spacing"):
+        assert by_path[key] == tracked["reference"][key], key
+    assert [p["review"] for p in by_path["landmarks"]] == [p["review"] for p in tracked["reference"]["landmarks"]]
 
 
 def test_served_model_answers_landmark_requests_over_http(tracked, tmp_path):

@@ -192,10 +192,11 @@ def test_inference_writes_original_space_json_and_overlay(trained):
     assert os.path.getsize(os.path.join(out, "hand_005_overlay.png")) > 0
 
 
-def test_refining_trains_a_refiner_that_inference_and_evaluation_then_use(trained, tmp_path):
+def test_refining_trains_a_refiner_that_inference_and_evaluation_then_use(trained, tmp_path, monkeypatch):
     """configs/refine.yaml after training (in a copy of the run, so the other tests meet no refiner): refiner.pt
-    beside model.pt, its MLflow run; inference refines the decoded points (JSON ``refined``; where they move to is
-    tests/test_refinement.py's) and evaluation scores the refined ones."""
+    beside model.pt, its MLflow run with the model logged again, refiner included; inference and that MLflow model
+    refine the decoded points alike (JSON ``refined``; where they move to is tests/test_refinement.py's) and
+    evaluation scores the refined ones."""
     import shutil
 
     run = str(tmp_path / "run")
@@ -225,6 +226,18 @@ def test_refining_trains_a_refiner_that_inference_and_evaluation_then_use(traine
     assert 0.5 <= result["refine_scale"] <= 2.0
     xs, ys = np.array([[p["x"], p["y"]] for p in result["landmarks"]]).T
     assert np.isfinite(xs).all() and xs.min() >= -0.5 and xs.max() <= 175.5 and ys.min() >= -0.5 and ys.max() <= 255.5
+    # the refining run logged the model again, with its refiner: loaded by MLflow, it answers as inference does
+    import mlflow
+
+    (output,) = client.get_run(refine_run.info.run_id).outputs.model_outputs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///" + os.path.join(run, "mlruns.db"))
+    served = mlflow.pyfunc.load_model(f"models:/{output.model_id}").predict(
+        [{"image": os.path.join(trained["data"], "images", "hand", "hand_005.png"), "anatomy": "hand"}]
+    )[0]
+    assert served["refined"] is True and served["mirrored"] == result["mirrored"]
+    assert [(p["name"], p["review"]) for p in served["landmarks"]] == [(p["name"], p["review"]) for p in result["landmarks"]]
+    served_xy = np.array([[p["x"], p["y"]] for p in served["landmarks"]])
+    assert np.abs(served_xy - np.c_[xs, ys]).max() < 1e-4
     out = os.path.join(run, "eval")
     bundle(
         "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", trained["data"], "--ckpt_path", ckpt, "--output_dir", out,

@@ -48,8 +48,9 @@ from .metrics import (
     write_metrics_json,
 )
 from .mirroring import MirrorInferer, SelectOrientationd
-from .outputs import SaveLandmarksd, SaveOverlayd
+from .outputs import SaveLandmarksd, SaveOverlayd, landmark_result
 from .overlays import confidence_colour, overlay_image
+from .predictor import ImagePredictor
 from .recognition import (
     AnatomyRecognizer,
     FitAnatomyRecognizer,

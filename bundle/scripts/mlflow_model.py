@@ -1,16 +1,17 @@
 """The trained network in MLflow's own format: a ``pyfunc`` model that returns landmarks.
 
 :class:`GU2NetLandmarkModel` runs the bundle's inference path, ``configs/inference.yaml`` parsed with MONAI's
-``ConfigParser`` (its image reading and resizing, network, inference engine and decoding; nothing copied), on
-the checkpoint it was logged with. It takes rows of ``image`` (a path the server can read, any ITK format, or
-the pixels as an ``H x W`` array, row by row as ``numpy`` and PIL give them) and ``anatomy`` (one of the
-checkpoint's), and returns per row what ``run inference`` writes to ``<stem>.json``: the anatomy, the image
-size and, per landmark, its name, ``x``, ``y`` (original image pixels) and confidence.
+``ConfigParser`` (:class:`~scripts.predictor.ImagePredictor`: its image reading and resizing, network, inference
+engine, mirroring, decoding, refinement stage and review flag; nothing copied), on the checkpoint (and refiner)
+it was logged with. It takes rows of ``image`` (a path the server can read, any ITK format, or the pixels as an
+``H x W`` array, row by row as ``numpy`` and PIL give them) and ``anatomy`` (one of the checkpoint's), and returns
+per row what ``run inference`` writes to ``<stem>.json``: the anatomy, the image size and spacing, ``mirrored``,
+``refined`` and, per landmark, its name, ``x``, ``y`` (original image pixels), confidence and ``review``.
 
 :class:`MLflowModelLogger` (a training handler) logs the best checkpoint as such a model in the training run
-when training completes, with a signature and an input example, and registers it when
-``registered_model_name`` is set; then ``mlflow models serve -m models:/NAME/1`` answers landmark requests
-over HTTP. A checkpoint can also be logged later::
+when training completes, and again with the refiner when the refining workflow completes (its run), with a
+signature and an input example, and registers it when ``registered_model_name`` is set; then
+``mlflow models serve -m models:/NAME/1`` answers landmark requests over HTTP. A checkpoint can also be logged later::
 
     python -m scripts.mlflow_model --ckpt_path ../runs/demo/models/model.pt --tracking_uri http://host:5000 \\
         --run_id RUN_ID --registered_model_name gu2net
@@ -29,7 +30,6 @@ from typing import Any
 import mlflow
 import mlflow.pyfunc
 import numpy as np
-import torch
 from ignite.engine import Engine, Events
 from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Object, Property, Schema
@@ -55,32 +55,36 @@ MODEL_SIGNATURE = ModelSignature(
                             Property("x", DataType.double),
                             Property("y", DataType.double),
                             Property("confidence", DataType.double),
+                            Property("review", DataType.boolean, required=False),
                         ]
                     )
                 ),
                 "landmarks",
             ),
+            ColSpec(DataType.boolean, "mirrored", required=False),
+            ColSpec(DataType.boolean, "refined"),
         ]
     ),
 )
 
 
 class LandmarkPredictor:
-    """The inference config's objects for one checkpoint, applied to single images.
+    """The inference config's objects for one checkpoint (:class:`~scripts.predictor.ImagePredictor`), applied to
+    images given as paths or arrays.
 
     Args:
         config_file: ``inference.yaml`` (the bundle's, or the copy logged with a model).
         ckpt_path: a checkpoint of the training workflow (its anatomies define the accepted ``anatomy`` names).
-        overrides: more config values, e.g. ``{"decoder": "argmax", "inference_engine": "pytorch"}``.
+        overrides: more config values, e.g. ``{"decoder": "argmax", "refiner_path": None}``.
 
-    :meth:`predict` runs what the inference workflow's evaluator runs per batch, on a batch of one image:
-    ``preprocessing`` -> ``prepare_batch`` -> ``inferer`` (with AMP where the config has it) -> ``decode``.
+    :meth:`predict` runs what the inference workflow runs per image (mirroring, decoding, the refinement stage
+    where ``refiner_path`` names a refiner, the review flag) and returns what it writes to ``<stem>.json``.
     """
 
     def __init__(self, config_file: str, ckpt_path: str, overrides: Mapping[str, Any] | None = None) -> None:
         from monai.bundle import ConfigParser
 
-        from .checkpoints import read_checkpoint
+        from .predictor import ImagePredictor
 
         self._tmp = tempfile.TemporaryDirectory(prefix="gu2net_pyfunc_")
         parser = ConfigParser()
@@ -88,45 +92,20 @@ class LandmarkPredictor:
         # the checkpoint's anatomies (no datalist, so no demo is generated); nothing is written
         parser.update({"ckpt_path": os.path.abspath(ckpt_path), "datalist": None, "output_dir": self._tmp.name})
         parser.update(dict(overrides or {}))
-        self.anatomies = parser.get_parsed_content("anatomies")
-        self.device = parser.get_parsed_content("device")
-        self.amp = bool(parser.get_parsed_content("amp"))
-        self.network = parser.get_parsed_content("network")
-        self.network.load_state_dict(read_checkpoint(ckpt_path, self.device)["model"])
-        self.network.eval()
-        self.preprocessing = parser.get_parsed_content("preprocessing")
-        self.prepare_batch = parser.get_parsed_content("prepare_batch")
-        self.inferer = parser.get_parsed_content("inferer")
-        self.decode = parser.get_parsed_content("decode")
+        self.predictor = ImagePredictor(parser)
+        self.anatomies = self.predictor.anatomies
 
     def predict(self, image: Any, anatomy: str) -> dict[str, Any]:
-        """Landmarks of one image (a path, or an ``H x W`` array / nested list) of ``anatomy``."""
-        from monai.data import decollate_batch, list_data_collate
-
+        """Landmarks of one image (a path, or an ``H x W`` array / nested list) of ``anatomy``: the inference JSON."""
         from .datalist import inference_items
+        from .outputs import landmark_result
 
         with tempfile.TemporaryDirectory(dir=self._tmp.name) as folder:
             path, source = self._image_file(image, folder)
             (item,) = inference_items(self.anatomies, [path], str(anatomy))
-            batch = list_data_collate([self.preprocessing(item)])
-            inputs, _, args, kwargs = self.prepare_batch(batch, self.device, False)
-            with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):
-                pred = self.inferer(inputs, self.network, *args, **kwargs)
-            data = {**decollate_batch(batch)[0], "pred": decollate_batch(pred)[0]}
-            out = self.decode(data)
-        spec = self.anatomies[str(anatomy)]
-        w, h = (int(s) for s in out["image_original"].shape[-2:])
-        points = np.asarray(out["pred_landmarks"], dtype=np.float64)
-        conf = np.asarray(out["pred_confidence"], dtype=np.float64)
-        return {
-            "image": source,
-            "anatomy": spec.name,
-            "image_size": {"width": w, "height": h},
-            "landmarks": [
-                {"name": n, "x": float(p[0]), "y": float(p[1]), "confidence": float(c)}
-                for n, p, c in zip(spec.landmarks, points, conf)
-            ],
-        }
+            result = landmark_result(self.predictor(item), self.anatomies)
+        result["image"] = source
+        return result
 
     @staticmethod
     def _image_file(image: Any, folder: str) -> tuple[str, str]:
@@ -160,15 +139,15 @@ def _rows(model_input: Any) -> list[Mapping[str, Any]]:
 class GU2NetLandmarkModel(mlflow.pyfunc.PythonModel):
     """MLflow ``pyfunc``: rows of ``image`` (path or ``H x W`` array) and ``anatomy`` -> landmarks (see the module).
 
-    The artifacts are the checkpoint (``checkpoint``) and the inference config (``inference_config``); the
-    bundle's ``scripts`` package travels as code. ``model_config`` holds config overrides (e.g. the decoder
-    the model was trained to be read with).
+    The artifacts are the checkpoint (``checkpoint``), the inference config (``inference_config``) and, where
+    one was trained, the refinement stage (``refiner``); the bundle's ``scripts`` package travels as code.
+    ``model_config`` holds config overrides (e.g. the decoder the model was trained to be read with).
     """
 
     def load_context(self, context: Any) -> None:
-        self.predictor = LandmarkPredictor(
-            context.artifacts["inference_config"], context.artifacts["checkpoint"], context.model_config or {}
-        )
+        # the refiner logged with the model, or none (not whatever may lie beside the checkpoint's copy)
+        overrides = {**(context.model_config or {}), "refiner_path": context.artifacts.get("refiner")}
+        self.predictor = LandmarkPredictor(context.artifacts["inference_config"], context.artifacts["checkpoint"], overrides)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
         results = []
@@ -195,25 +174,38 @@ def input_example(anatomy: str, size: int = 32) -> Any:
     return pd.DataFrame({"image": [ramp], "anatomy": [anatomy]})
 
 
+def refiner_file(ckpt_path: str, refiner_path: str | None = None) -> str | None:
+    """The refiner a model of ``ckpt_path`` is logged with: ``refiner_path``, by default ``refiner/refiner.pt``
+    beside the checkpoint (where ``run inference`` finds it), if that file exists; else None."""
+    path = refiner_path or os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), "refiner", "refiner.pt")
+    return os.path.abspath(path) if os.path.isfile(path) else None
+
+
 def log_landmark_model(
     ckpt_path: str,
     name: str = "model",
     registered_model_name: str | None = None,
     model_config: Mapping[str, Any] | None = None,
     config_file: str | None = None,
+    refiner_path: str | None = None,
 ) -> Any:
     """Log ``ckpt_path`` as a :class:`GU2NetLandmarkModel` in the active MLflow run (and register it under
-    ``registered_model_name`` if given); returns MLflow's ``ModelInfo``."""
+    ``registered_model_name`` if given); returns MLflow's ``ModelInfo``. ``refiner_path``: the refinement stage
+    logged with it where that file exists (default: ``refiner/refiner.pt`` beside the checkpoint, where
+    ``run inference`` finds it)."""
     from .anatomies import AnatomySet
 
     anatomies = AnatomySet.from_checkpoint(ckpt_path)
+    artifacts = {
+        "checkpoint": os.path.abspath(ckpt_path),
+        "inference_config": config_file or os.path.join(BUNDLE_ROOT, "configs", "inference.yaml"),
+    }
+    if refiner := refiner_file(ckpt_path, refiner_path):
+        artifacts["refiner"] = refiner
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=os.path.join(BUNDLE_ROOT, "scripts", "mlflow_pyfunc.py"),  # models from code: no pickle
-        artifacts={
-            "checkpoint": os.path.abspath(ckpt_path),
-            "inference_config": config_file or os.path.join(BUNDLE_ROOT, "configs", "inference.yaml"),
-        },
+        artifacts=artifacts,
         code_paths=[os.path.join(BUNDLE_ROOT, "scripts")],
         model_config=dict(model_config or {}),
         signature=MODEL_SIGNATURE,
@@ -247,6 +239,8 @@ class MLflowModelLogger:
         registered_model_name: also register the model under this name (a new version per run).
         model_config: inference config overrides saved with the model (e.g. the decoder).
         enabled: False to skip it.
+        refiner_path: the refinement stage logged with the model, where that file exists (default: the one beside
+            the checkpoint, as inference finds it; the refining workflow logs the model again with its new refiner).
 
     It runs after the MLflow handler has closed the run, so it finds the run by name (as MONAI's handlers do)
     and reopens it for the model. A failure to log (e.g. the tracking server is down) is an error in the log,
@@ -260,8 +254,9 @@ class MLflowModelLogger:
         registered_model_name: str | None = None,
         model_config: Mapping[str, Any] | None = None,
         enabled: bool = True,
+        refiner_path: str | None = None,
     ) -> None:
-        self.settings, self.ckpt_path = dict(settings), ckpt_path
+        self.settings, self.ckpt_path, self.refiner_path = dict(settings), ckpt_path, refiner_path
         self.registered_model_name, self.model_config, self.enabled = registered_model_name, model_config, enabled
         self.model_info: Any = None
 
@@ -282,7 +277,10 @@ class MLflowModelLogger:
             mlflow.set_tracking_uri(uri)
             with mlflow.start_run(run_id=run_id):
                 self.model_info = log_landmark_model(
-                    self.ckpt_path, registered_model_name=self.registered_model_name, model_config=self.model_config
+                    self.ckpt_path,
+                    registered_model_name=self.registered_model_name,
+                    model_config=self.model_config,
+                    refiner_path=self.refiner_path,
                 )
         except Exception as e:  # the weights are safe on disk; say how to log them later
             engine.logger.error(
@@ -291,7 +289,8 @@ class MLflowModelLogger:
             )
             return
         registered = f", registered as {self.registered_model_name}" if self.registered_model_name else ""
-        engine.logger.info(f"MLflow model: logged {self.ckpt_path} as {self.model_info.model_uri}{registered}.")
+        refined = " with its refiner" if refiner_file(self.ckpt_path, self.refiner_path) else ""
+        engine.logger.info(f"MLflow model: logged {self.ckpt_path}{refined} as {self.model_info.model_uri}{registered}.")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,7 +19,7 @@ from .overlays import REVIEW_THRESHOLD, overlay_image
 from .recognition import recognition_fields
 from .review import review_fields
 
-__all__ = ["SaveLandmarksd", "SaveOverlayd", "item_spacing"]
+__all__ = ["SaveLandmarksd", "SaveOverlayd", "item_spacing", "landmark_result"]
 
 
 def _source(image: Any) -> str:
@@ -75,43 +75,59 @@ class SaveLandmarksd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         original = d[self.original_key]
-        source = _source(original)
-        stem = str(d.get("output_name") or image_stem(source))  # unique per input (scripts.inputs.output_names)
-        anatomy = self.anatomies[str(d["anatomy"])]
-        spacing, spacing_source = item_spacing(d, source, anatomy)
-        w, h = (int(s) for s in original.shape[-2:])
+        stem = str(d.get("output_name") or image_stem(_source(original)))  # unique per input (scripts.inputs.output_names)
         for key in self.key_iterator(d):
-            pts = np.asarray(d[key], dtype=np.float64)
-            conf = np.asarray(d.get(self.confidence_key, np.full(len(pts), np.nan)), dtype=np.float64)
-            landmarks = []
-            for name, p, c in zip(anatomy.landmarks, pts, conf):
-                mark = {"name": name, "x": float(p[0]), "y": float(p[1])}
-                if spacing is not None:
-                    mark.update(x_mm=float(p[0]) * spacing[0], y_mm=float(p[1]) * spacing[1])
-                landmarks.append({**mark, "confidence": float(c)})
-            result = {
-                "image": source,
-                "anatomy": anatomy.name,
-                **recognition_fields(d),  # anatomy_recognized, anatomy_probability, anatomy_distance when recognised
-                "image_size": {"width": w, "height": h},
-                "spacing": list(spacing) if spacing is not None else None,
-                "spacing_source": spacing_source,
-                "coordinates": "x, y: original image pixels, x to the right, y down, pixel centres at integers; "
-                "x_mm, y_mm: x, y times the spacing, mm from the top-left pixel's centre",
-                "landmarks": landmarks,
-            }
-            result.update(review_fields(d, result["landmarks"]))
-            # moved by the refinement stage (scripts.refinement.RefineLandmarksd keeps the decoded points beside them)
-            result["refined"] = f"{key}_coarse" in d
-            if f"{key}_refine_scale" in d:  # the anatomy's apparent size against the refiner's training images
-                result["refine_scale"] = round(float(d[f"{key}_refine_scale"]), 4)
+            result = landmark_result(d, self.anatomies, key, self.original_key, self.confidence_key)
             write_json_atomic(result, os.path.join(self.output_dir, f"{stem}.json"))
             if self.overlay:
                 # colours around the item's review threshold (scripts.review.FlagReviewd) where it was flagged
                 threshold = float(d.get("review_threshold", self.confidence_threshold))
-                picture = overlay_image(original, pts, conf, threshold=threshold)
+                pts = [(m["x"], m["y"]) for m in result["landmarks"]]
+                conf = [m["confidence"] for m in result["landmarks"]]
+                picture = overlay_image(original, np.asarray(pts), np.asarray(conf), threshold=threshold)
                 write_image_atomic(picture, os.path.join(self.output_dir, f"{stem}_overlay.png"))
         return d
+
+
+def landmark_result(
+    data: Mapping[Hashable, Any],
+    anatomies: AnatomySet,
+    key: str = "pred_landmarks",
+    original_key: str = "image_original",
+    confidence_key: str = "pred_confidence",
+) -> dict[str, Any]:
+    """The inference JSON of one decoded item (see :class:`SaveLandmarksd`): what ``run inference`` writes to
+    ``<stem>.json``, and what the MLflow model returns per row (:mod:`scripts.mlflow_model`)."""
+    original = data[original_key]
+    source = _source(original)
+    anatomy = anatomies[str(data["anatomy"])]
+    spacing, spacing_source = item_spacing(data, source, anatomy)
+    w, h = (int(s) for s in original.shape[-2:])
+    pts = np.asarray(data[key], dtype=np.float64)
+    conf = np.asarray(data.get(confidence_key, np.full(len(pts), np.nan)), dtype=np.float64)
+    landmarks = []
+    for name, p, c in zip(anatomy.landmarks, pts, conf):
+        mark = {"name": name, "x": float(p[0]), "y": float(p[1])}
+        if spacing is not None:
+            mark.update(x_mm=float(p[0]) * spacing[0], y_mm=float(p[1]) * spacing[1])
+        landmarks.append({**mark, "confidence": float(c)})
+    result = {
+        "image": source,
+        "anatomy": anatomy.name,
+        **recognition_fields(data),  # anatomy_recognized, anatomy_probability, anatomy_distance when recognised
+        "image_size": {"width": w, "height": h},
+        "spacing": list(spacing) if spacing is not None else None,
+        "spacing_source": spacing_source,
+        "coordinates": "x, y: original image pixels, x to the right, y down, pixel centres at integers; "
+        "x_mm, y_mm: x, y times the spacing, mm from the top-left pixel's centre",
+        "landmarks": landmarks,
+    }
+    result.update(review_fields(data, result["landmarks"]))
+    # moved by the refinement stage (scripts.refinement.RefineLandmarksd keeps the decoded points beside them)
+    result["refined"] = f"{key}_coarse" in data
+    if f"{key}_refine_scale" in data:  # the anatomy's apparent size against the refiner's training images
+        result["refine_scale"] = round(float(data[f"{key}_refine_scale"]), 4)
+    return result
 
 
 class SaveOverlayd(MapTransform):

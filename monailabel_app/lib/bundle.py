@@ -1,10 +1,9 @@
 """The GU2Net bundle as this app serves it: its config files, its checkpoint and one inference path built from them.
 
 Nothing of the network, the transforms or the decoding is copied here: :class:`LandmarkModel` asks the bundle's
-configs (through ``monai.bundle.ConfigParser``) for ``network``, ``preprocessing``, ``prepare_batch``,
-``inferer``, ``decode`` and ``refine_landmarks`` (the refinement stage, where one was trained), and runs them as
-the bundle's ``inference`` workflow does for one image, so the landmarks equal those of
-``python -m monai.bundle run inference`` on the same image and checkpoint.
+configs (through ``monai.bundle.ConfigParser``) for the objects of its ``inference`` workflow and runs them on one
+image (``scripts.ImagePredictor``: mirroring, decoding, the refinement stage where one was trained, the review
+flag), so the landmarks equal those of ``python -m monai.bundle run inference`` on the same image and checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from monai.transforms import Compose
 
 __all__ = [
@@ -106,6 +104,8 @@ class Prediction:
         review_threshold: the threshold saved with the checkpoint for this anatomy (chosen on validation data), if any.
         recognition: where the request named no anatomy, what the recogniser saw (``anatomy_recognized``,
             ``anatomy_probability``, ``anatomy_distance``); empty otherwise.
+        mirrored: the image was read as left-right mirrored (the points are in its own pixels, identities kept).
+        refined: the refinement stage moved the points (a refiner lies beside the checkpoint).
     """
 
     anatomy: str
@@ -117,6 +117,8 @@ class Prediction:
     checkpoint_mtime: float
     review_threshold: float | None
     recognition: dict[str, Any] = field(default_factory=dict)
+    mirrored: bool = False
+    refined: bool = False
 
 
 class _Loaded:
@@ -125,25 +127,12 @@ class _Loaded:
     def __init__(self, parser: Any, checkpoint: str, stamp: tuple[int, int]) -> None:
         scripts = sys.modules["scripts"]
         self.checkpoint, self.stamp = checkpoint, stamp
-        self.device = parser.get_parsed_content("device")
-        self.amp = bool(parser.get_parsed_content("amp"))
         ckpt = scripts.read_checkpoint(checkpoint, "cpu")
-        self.anatomies = parser.get_parsed_content("anatomies")
-        self.anatomies.load_state_dict(ckpt.get("anatomies", {}))  # the checkpoint's own, in its domain order
-        self.network = parser.get_parsed_content("network")
-        try:
-            self.network.load_state_dict(ckpt["model"])
-        except (KeyError, RuntimeError) as e:
-            raise scripts.CheckpointError(f"checkpoint {checkpoint}: does not fit the bundle's network: {e}") from None
-        self.network.eval()
+        # the inference workflow's own objects for one image (mirroring, decoding, refinement, review flag)
+        self.predictor = scripts.ImagePredictor(parser, checkpoint=ckpt)
+        self.anatomies = self.predictor.anatomies  # the checkpoint's own, in its domain order
         # the review thresholds saved with the checkpoint (scripts.ReviewThresholds), as the bundle's inference reads them
         self.review_thresholds = parser.get_parsed_content("review_thresholds")
-        self.preprocessing = parser.get_parsed_content(first_config_id(parser, "preprocessing", "infer#preprocessing"))
-        self.prepare_batch = parser.get_parsed_content("prepare_batch")
-        self.inferer = parser.get_parsed_content("inferer")
-        self.decode = parser.get_parsed_content("decode")
-        # the refinement stage beside the checkpoint (refiner/refiner.pt), where it was trained; else a no-op
-        self.refine = parser.get_parsed_content("refine_landmarks")
         self.recognizer = scripts.load_recognizer(checkpoint, required=False, checkpoint=ckpt)
         self.load_image = Compose(parser.get_parsed_content("load_transforms"))
 
@@ -227,8 +216,6 @@ class LandmarkModel:
             RequestError: the anatomy is not one of the checkpoint's, the image shows none of them (or the
                 checkpoint has no recogniser to tell), or the image cannot be read.
         """
-        from monai.data import decollate_batch, list_data_collate
-
         scripts = import_bundle_scripts(self.bundle_dir)
         with self._lock:
             loaded = self._current()
@@ -239,16 +226,10 @@ class LandmarkModel:
                 raise RequestError(f"unknown anatomy {anatomy!r}; this checkpoint's anatomies: {loaded.anatomies.names}.")
             try:
                 item = scripts.inference_items(loaded.anatomies, [image], anatomy)[0]
-                data = loaded.preprocessing(item)
+                data = loaded.predictor.load(item)
             except Exception as e:  # DatalistError, or a reader's error with the file's name
                 raise RequestError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-            batch = list_data_collate([data])
-            inputs, _, args, kwargs = loaded.prepare_batch(batch, loaded.device, False)
-            with torch.no_grad(), torch.autocast("cuda", enabled=loaded.amp and loaded.device.type == "cuda"):
-                pred = loaded.inferer(inputs, loaded.network, *args, **kwargs)
-            out = decollate_batch(batch)[0]
-            out["image"], out["pred"] = decollate_batch(inputs)[0], pred[0]
-            out = loaded.refine(loaded.decode(out))
+            out = loaded.predictor.predict(data)
             threshold = loaded.review_thresholds.thresholds.get(anatomy)  # chosen on validation data, if it was
             return Prediction(
                 anatomy=anatomy,
@@ -260,4 +241,6 @@ class LandmarkModel:
                 checkpoint_mtime=loaded.stamp[0] / 1e9,
                 review_threshold=None if threshold is None else float(threshold),
                 recognition=recognition,
+                mirrored=bool(out.get("pred_mirrored", False)),
+                refined="pred_landmarks_coarse" in out,
             )

@@ -62,6 +62,8 @@ def result_json(pred: Prediction, geometry: ImageGeometry, threshold: float, thr
         "review_threshold": threshold,
         "review_threshold_source": threshold_source,
         "review_count": int(sum(review)),
+        "mirrored": pred.mirrored,  # read as left-right mirrored (points in the image as given, identities kept)
+        "refined": pred.refined,  # moved by the refinement stage trained with the checkpoint
         "checkpoint": pred.checkpoint,
         "checkpoint_mtime": pred.checkpoint_mtime,
         "markups_schema": MARKUPS_SCHEMA,
