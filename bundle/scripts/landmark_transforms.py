@@ -17,9 +17,16 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize, SqueezeDim, Transform
 
-__all__ = ["ToGray2D", "ToGray2Dd", "PointsInImaged", "ResizeToSized", "resize_image", "RESIZE_MODES"]
+__all__ = ["ToGray2D", "ToGray2Dd", "PointsInImaged", "ResizeToSized", "resize_image", "check_resize_mode", "RESIZE_MODES"]
 
 RESIZE_MODES = ("area", "bilinear")
+
+
+def check_resize_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`RESIZE_MODES`; else a ValueError naming the setting (``resize_mode``)."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}.")
+    return mode
 
 
 def resize_image(image: torch.Tensor, size: list[int], mode: str = "area") -> torch.Tensor:
@@ -31,9 +38,7 @@ def resize_image(image: torch.Tensor, size: list[int], mode: str = "area") -> to
     grows, area would repeat pixels, so it is bilinear there. ``bilinear``: anti-aliased bilinear everywhere
     (a Gaussian pre-filter, as before 0.10.0). A model is trained and run with one mode: ``resize_mode``.
     """
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}.")
-    if mode == "area" and all(int(s) <= int(n) for s, n in zip(size, image.shape[1:])):
+    if check_resize_mode(mode) == "area" and all(int(s) <= int(n) for s, n in zip(size, image.shape[1:])):
         return Resize(spatial_size=size, mode="area")(image)
     return Resize(spatial_size=size, mode="bilinear", anti_aliasing=True)(image)
 
@@ -111,9 +116,7 @@ class ResizeToSized(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.size_key = size_key
-        if mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}.")
-        self.mode = mode
+        self.mode = check_resize_mode(mode)
         self.factor = int(factor)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -42,7 +42,7 @@ from .anatomies import AnatomySet
 from .checkpoints import CheckpointError, read_checkpoint
 from .errors import as_flag
 from .heatmaps import grid_to_original
-from .landmark_transforms import RESIZE_MODES, resize_image
+from .landmark_transforms import check_resize_mode, resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -388,9 +388,7 @@ class RefineLandmarksd(MapTransform):
         resize_mode: str = "area",
     ) -> None:
         super().__init__(keys)
-        if resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}.")
-        self.resize_mode = resize_mode
+        self.resize_mode = check_resize_mode(resize_mode)
         self.anatomies, self.image_key, self.network_image_key, self.loader = anatomies, image_key, network_image_key, loader
         self.adapt_scale = as_flag(adapt_scale, "refine_adapt_scale")
         try:

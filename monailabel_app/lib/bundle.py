@@ -23,7 +23,6 @@ __all__ = [
     "BUNDLE_DIR",
     "bundle_config_files",
     "bundle_parser",
-    "first_config_id",
     "import_bundle_scripts",
     "LandmarkModel",
     "Prediction",
@@ -70,19 +69,6 @@ def bundle_parser(bundle_dir: str = BUNDLE_DIR, overrides: Mapping[str, Any] | N
     if overrides:
         parser.update(dict(overrides))
     return parser
-
-
-def first_config_id(parser: Any, *ids: str) -> str:
-    """The first of ``ids`` the parsed configs define (the bundle's ids moved between versions, e.g. the
-    property API's ``preprocessing`` was ``infer#preprocessing``).
-
-    Raises:
-        KeyError: none of them is defined.
-    """
-    for i in ids:
-        if i in parser:
-            return i
-    raise KeyError(f"the bundle's configs {bundle_config_files()} define none of {list(ids)}.")
 
 
 class RequestError(ValueError):
