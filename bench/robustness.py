@@ -26,6 +26,7 @@ import sys
 import time
 
 import numpy as np
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLE = os.path.join(REPO, "bundle")
@@ -85,6 +86,7 @@ def evaluate_shift(shift: str, args: argparse.Namespace, dataset_dir: str) -> di
         }
         if args.mirror_gate is not None:
             overrides["mirror_gate"] = args.mirror_gate
+        overrides.update(args.set)
         if args.images:
             overrides["dataset#data"] = f"$scripts.load_datalist(@datalist, @eval_split, anatomies=@anatomies)[:{args.images}]"
         if args.device:
@@ -97,9 +99,13 @@ def evaluate_shift(shift: str, args: argparse.Namespace, dataset_dir: str) -> di
         metric = parser.get_parsed_content("key_metric#test_mre")
         visible = parser.get_parsed_content("shift").visible
         anatomy = parser.get_parsed_content("anatomies")["head"]
+        reframer = parser.get_parsed_content("reframe_inferer")
     finally:
         os.chdir(cwd)
-    return summarize(shift, metric.records, visible, max(anatomy.sdr_radii), seconds)
+    row = summarize(shift, metric.records, visible, max(anatomy.sdr_radii), seconds)
+    # images the network looked at again at their trained size (scripts/reframing.py), and the answers kept
+    row["reframed"], row["reframe_kept"] = reframer.reframed, reframer.kept
+    return row
 
 
 def _pct(num: float, den: float) -> float:
@@ -142,7 +148,7 @@ def table(rows: list[dict]) -> str:
         return format(v, fmt) if np.isfinite(v) else "   –  "
 
     head = (f"{'shift':<15} {'MRE mm':>7} {'x none':>7} {'SDR2mm':>7} {'SDR4mm':>7} {'recall':>7} {'precis.':>7} "
-            f"{'flagged':>7} {'out of view (flagged)':>22} {'mirrored':>9} {'target':>7}")  # fmt: skip
+            f"{'flagged':>7} {'out of view (flagged)':>22} {'mirrored':>9} {'reframed':>9} {'target':>7}")  # fmt: skip
     lines = [head]
     for r in rows:
         ratio = r["MRE"] / base if np.isfinite(base) and base > 0 else float("nan")
@@ -152,11 +158,18 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"{r['shift']:<15} {f(r['MRE']):>7} {f(ratio):>7} {f(r['SDR']['2'], '6.1f'):>6}% {f(r['SDR']['4'], '6.1f'):>6}% "
             f"{f(r['flag_recall'], '6.1f'):>6}% {f(r['flag_precision'], '6.1f'):>6}% {f(r['flagged_share'], '6.1f'):>6}% "
-            f"{gone:>22} {r['read_as_mirrored']:>4}/{r['images']:<4} {target:>7}"
+            f"{gone:>22} {r['read_as_mirrored']:>4}/{r['images']:<4} {r.get('reframed', 0):>4}/{r['images']:<4} {target:>7}"
         )
     lines.append(f"recall / precision: of landmarks off by more than {rows[0]['radius']:g} mm (in view); "
                  f"targets: MRE <= {TARGET_RATIO}x unshifted, mirrored <= {TARGET_MIRRORED}x")  # fmt: skip
     return "\n".join(lines)
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key, yaml.safe_load(value)
 
 
 def main() -> None:
@@ -169,6 +182,8 @@ def main() -> None:
     parser.add_argument("--shifts", nargs="*", choices=list(SHIFTS), help="only these shifts (default: all)")
     parser.add_argument("--mirror", choices=["auto", "off"], default="auto", help="mirroring at test time (default auto)")
     parser.add_argument("--mirror-gate", type=float, help="mean confidence under which the mirror is tried (config's)")
+    parser.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="any config override, its value read as YAML, e.g. --set reframe=false")  # fmt: skip
     parser.add_argument("--images", type=int, help="only the first N Test1 images")
     parser.add_argument("--device", default="", help="e.g. cuda:0 (default: the configs' choice)")
     parser.add_argument("--smoke", action="store_true", help="train a tiny model if no --ckpt, 4 images: checks it runs")
@@ -198,7 +213,7 @@ def main() -> None:
         "images": rows[0]["images"], "test_set": "ISBI 2015 Test1 (151-300), mean of the two doctors, mm",
         "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "cpu_threads": torch.get_num_threads(),
         "total_seconds": round(time.time() - t0, 1), "smoke": args.smoke,
-        "shifts": {s: SHIFTS[s] for s in (args.shifts or SHIFTS)},
+        "shifts": {s: SHIFTS[s] for s in (args.shifts or SHIFTS)}, "overrides": dict(args.set),
     }  # fmt: skip
     print(text)
     print(json.dumps(settings))

@@ -61,6 +61,7 @@ from .recognition import (
     load_recognizer,
     train_recognizer,
 )
+from .reframing import ReframeInferer
 from .reports import EvaluationReport
 from .refinement import (
     AccumulateLandmarkShapes,

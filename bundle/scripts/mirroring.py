@@ -30,7 +30,7 @@ from monai.transforms import MapTransform
 
 from .anatomies import AnatomySet
 
-__all__ = ["MIRROR_MODES", "MirrorInferer", "SelectOrientationd", "mean_peak"]
+__all__ = ["MIRROR_MODES", "MirrorInferer", "SelectOrientationd", "batch_subset", "mean_peak"]
 
 MIRROR_MODES = ("auto", "off")
 
@@ -40,7 +40,7 @@ def mean_peak(heatmaps: torch.Tensor) -> torch.Tensor:
     return heatmaps.flatten(2).amax(-1).mean(-1)
 
 
-def _subset(value: Any, index: torch.Tensor, batch: int) -> Any:
+def batch_subset(value: Any, index: torch.Tensor, batch: int) -> Any:
     """``value[index]`` for a per-sample tensor of the batch; anything else as it is."""
     if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch:
         return value[index.to(value.device)]
@@ -80,8 +80,8 @@ class MirrorInferer(Inferer):
         if todo.numel():
             x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
             batch, dim = x.shape[0], 2 + self.axis
-            sub_args = [_subset(a, todo, batch) for a in args]
-            sub_kwargs = {k: _subset(v, todo, batch) for k, v in kwargs.items()}
+            sub_args = [batch_subset(a, todo, batch) for a in args]
+            sub_kwargs = {k: batch_subset(v, todo, batch) for k, v in kwargs.items()}
             flipped = x[todo.to(x.device)].flip(dim)
             answer = self.inferer(flipped, network, *sub_args, **sub_kwargs)
             answer = answer.as_tensor() if hasattr(answer, "as_tensor") else answer
