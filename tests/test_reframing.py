@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from scripts.checkpoints import CheckpointError
 from scripts.durable import save_torch_atomic
 from scripts.errors import BundleError
 from scripts.mirroring import mean_peak
@@ -94,6 +95,16 @@ def test_network_layouts_reads_the_refiners_record(refiner_path: str, tmp_path) 
     assert set(layouts) == {0}
     assert torch.allclose(layouts[0], LAYOUT, atol=1e-4)
     assert network_layouts(str(tmp_path / "none.pt")) == {}
+    # a file that is not a refiner, or is cut short, is an error naming it, not a silent single pass
+    wrong = str(tmp_path / "model.pt")
+    save_torch_atomic({"model": {}}, wrong)
+    with pytest.raises(CheckpointError, match="model.pt: no 'refiner' state"):
+        network_layouts(wrong)
+    cut = str(tmp_path / "cut.pt")
+    with open(refiner_path, "rb") as f, open(cut, "wb") as g:
+        g.write(f.read()[:200])
+    with pytest.raises(CheckpointError, match="cut.pt"):
+        ReframeInferer(DotFinder(), cut)(_dots(LAYOUT), OneDomain(), domain=0)
 
 
 def test_resample_view_moves_a_point_where_its_formula_says() -> None:

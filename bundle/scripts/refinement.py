@@ -54,6 +54,7 @@ __all__ = [
     "AccumulateLandmarkShapes",
     "landmark_patches",
     "patch_positions",
+    "read_refiner",
     "shape_scale",
 ]
 
@@ -248,6 +249,17 @@ class LandmarkRefiner(nn.Module):
         return out, conf, step
 
 
+def read_refiner(path: str) -> LandmarkRefiner:
+    """The refiner saved at ``path`` (``configs/refine.yaml``), in eval mode; an error naming the file otherwise."""
+    state = read_checkpoint(path).get("refiner")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"refiner {path}: no 'refiner' state in the file; it is not a refiner checkpoint.")
+    try:
+        return LandmarkRefiner.from_state_dict(state).eval()
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"refiner {path}: cannot be built from its state ({type(e).__name__}: {e}).") from None
+
+
 class RandLandmarkPatchesd(Randomizable, MapTransform):
     """Training samples for the refiner: ``num_samples`` patches of one image, each around an annotated landmark.
 
@@ -399,13 +411,7 @@ class RefineLandmarksd(MapTransform):
             raise ValueError(f"refine_shifts must be a distance in network pixels >= 0 (0: one patch), got {shifts!r}.")
         self.refiner: LandmarkRefiner | None = None
         if as_flag(enabled, "refine") and path and os.path.isfile(path):  # `--refine false` arrives as 'false'
-            state = read_checkpoint(path).get("refiner")
-            if not isinstance(state, Mapping):
-                raise CheckpointError(f"refiner {path}: no 'refiner' state in the file; it is not a refiner checkpoint.")
-            try:
-                self.refiner = LandmarkRefiner.from_state_dict(state).to(device).eval()
-            except (KeyError, RuntimeError) as e:
-                raise CheckpointError(f"refiner {path}: cannot be built from its state ({type(e).__name__}: {e}).") from None
+            self.refiner = read_refiner(path).to(device)
             counts = self.refiner.landmark_counts.tolist()
             if counts != list(anatomies.landmark_counts):
                 # a refiner left from before the model changed (add_anatomy, a retrained model): the decoded points

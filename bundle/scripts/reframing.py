@@ -25,11 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.inferers import Inferer, SimpleInferer
 
-from .checkpoints import read_checkpoint
 from .errors import as_flag
 from .gu2net import resolve_domain
 from .mirroring import batch_subset, mean_peak
-from .refinement import LandmarkRefiner, shape_scale
+from .refinement import read_refiner, shape_scale
 
 __all__ = ["ReframeInferer", "network_layouts", "resample_view"]
 
@@ -44,7 +43,7 @@ def network_layouts(refiner_path: str | None) -> dict[int, torch.Tensor]:
     """
     if not refiner_path or not os.path.isfile(refiner_path):
         return {}
-    refiner = LandmarkRefiner.from_state_dict(read_checkpoint(refiner_path)["refiner"])
+    refiner = read_refiner(refiner_path)
     factor = float(refiner.factor)
     layouts = {}
     for domain in range(len(refiner.landmark_counts)):
