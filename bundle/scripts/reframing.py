@@ -27,6 +27,7 @@ from monai.inferers import Inferer, SimpleInferer
 
 from .errors import as_flag
 from .gu2net import resolve_domain
+from .heatmaps import decode_heatmaps
 from .mirroring import batch_subset, mean_peak
 from .refinement import read_refiner, shape_scale
 
@@ -72,13 +73,6 @@ def resample_view(x: torch.Tensor, scale: torch.Tensor, source_centre: torch.Ten
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     p = pad.reshape(b, 1, 1, 1).to(x.dtype)
     return F.grid_sample(x - p, grid, mode="bilinear", padding_mode="zeros", align_corners=True) + p
-
-
-def _peaks(heatmaps: torch.Tensor) -> torch.Tensor:
-    """The argmax voxel ``(B, C, 2)`` of each ``(B, C, W, H)`` heatmap."""
-    h = heatmaps.shape[-1]
-    flat = heatmaps.flatten(2).argmax(-1)
-    return torch.stack([torch.div(flat, h, rounding_mode="floor"), flat % h], dim=-1).float()
 
 
 class ReframeInferer(Inferer):
@@ -129,7 +123,8 @@ class ReframeInferer(Inferer):
             return out
         out = out.as_tensor() if hasattr(out, "as_tensor") else out
         x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
-        peaks = _peaks(out.float()).cpu()
+        # each heatmap's peak pixel: all the scale and centre need, without the sub-pixel fit
+        peaks = torch.stack([decode_heatmaps(h, "argmax", window=1)[0] for h in out])
         if layout.shape[0] != peaks.shape[1]:
             return out
         scales = torch.tensor([shape_scale(p, layout) for p in peaks])
