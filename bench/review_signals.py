@@ -13,11 +13,22 @@ upper bound: the product chooses its threshold on validation, and does worse on 
 - ``augmentation disagreement``: the largest distance between the landmark and its prediction on the same image
   under test-time changes (``--tta``: the ``predictions.csv`` of ``bench/robustness.py``'s shifts, mapped back to
   the original image), e.g. gamma 0.6 / 1.6 and noise; large = suspect.
+- ``per-landmark calibration``: the confidence weighed by the landmark it belongs to (a logistic regression of
+  "off" on the landmark and, per landmark, the confidence's logit), fitted on another evaluation's
+  ``predictions.csv`` (``--calibrate``: e.g. another seed's, or a validation split's); high = suspect;
+- ``knows the senior's / junior's click``: a ceiling, not a signal a product can have (``--doctors``: the ISBI 2015
+  folder with both doctors' labels, when the label is their mean). The flag is given exactly where one of the two
+  doctors clicked on each scored image; only the other doctor's click is unknown, drawn from how the two differ on
+  that landmark in the images not scored. A flag that reads the image alone knows less about the label than one
+  of the doctors who made it, so this precision bounds what a review flag can reach against these labels (the
+  doctors' difference is drawn per landmark: a flag that foresaw on which images they disagree could do better).
 
     python bench/review_signals.py --predictions runs/accuracy/gu2net_head/seed0/test1/predictions.csv \
         --datalist runs/accuracy/head/datalist.json
     python bench/review_signals.py --predictions runs/robustness/shifts/none/predictions.csv \
         --tta runs/robustness/shifts/{gamma_0.6,gamma_1.6,noise}/predictions.csv
+    python bench/review_signals.py --predictions runs/accuracy/gu2net_head/seed0/test1/predictions.csv \
+        --doctors ../shared/data/head
 
 The issue's target is >= 90 % recall at >= 50 % precision (head: landmarks off by more than 4 mm).
 """
@@ -27,10 +38,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections import defaultdict
 
 import numpy as np
+
+BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundle")
 
 
 def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
@@ -109,11 +123,81 @@ def best_precision(suspicion: np.ndarray, off: np.ndarray, recall: float) -> tup
     return float(100.0 * hits[k] / (k + 1)), k + 1
 
 
+def _calibration_features(landmark: np.ndarray, confidence: np.ndarray, n: int) -> np.ndarray:
+    c = np.clip(confidence, 1e-4, 1 - 1e-4)
+    x = np.zeros((len(landmark), 2 * n + 1))
+    x[np.arange(len(landmark)), landmark] = 1.0  # the landmark's own rate
+    x[np.arange(len(landmark)), n + landmark] = np.log(c / (1 - c))  # and its own slope in the confidence
+    x[:, -1] = 1.0
+    return x
+
+
+def per_landmark_calibration(train: tuple[np.ndarray, np.ndarray, np.ndarray], landmark: np.ndarray,
+                             confidence: np.ndarray, n: int, l2: float = 1.0) -> np.ndarray:
+    """The log-odds of "off" for (``landmark``, ``confidence``) by a ridge logistic regression fitted (Newton) on
+    ``train`` = (landmark, confidence, off) of another evaluation. Landmarks are indices below ``n``."""
+    x, y = _calibration_features(train[0], train[1], n), train[2].astype(np.float64)
+    w = np.zeros(x.shape[1])
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-x @ w))
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
+        w -= np.linalg.solve(hessian, x.T @ (p - y) + l2 * w)
+    return _calibration_features(landmark, confidence, n) @ w
+
+
+def off_given_one_doctor(predicted: np.ndarray, known: np.ndarray, landmark: np.ndarray, half_gap: np.ndarray,
+                         radius: float) -> np.ndarray:
+    """Per landmark, the probability that ``predicted`` is off by more than ``radius`` from the two doctors' mean
+    when one doctor's click (``known``) is given: the mean is ``known + n`` with ``n = (other - known) / 2`` drawn
+    from ``half_gap[:, landmark]`` (that difference on other images, (M, K, 2)). Points are (N, 2) in one unit."""
+    q = np.empty(len(predicted))
+    for k in np.unique(landmark):
+        at = np.flatnonzero(landmark == k)
+        shifted = (predicted[at] - known[at])[:, None, :] - half_gap[None, :, k, :]  # (n, M, 2)
+        q[at] = (np.linalg.norm(shifted, axis=2) > radius).mean(axis=1)
+    return q
+
+
+def doctor_ceilings(raw: str, rows: list[dict], predicted: np.ndarray, spacing: np.ndarray,
+                    radius: float) -> dict[str, np.ndarray]:
+    """The ``knows the senior's / junior's click`` ceilings (see the module's docstring) for ISBI 2015 ``rows``."""
+    sys.path.insert(0, BUNDLE)
+    from scripts.datasets.isbi2015 import DOCTORS, ISBI2015_LANDMARKS, read_isbi2015_labels
+    from scripts.datasets import PrepareError
+
+    try:
+        labels = {d: {k: v[0].reshape(-1, 2) for k, v in read_isbi2015_labels(raw, d)[0].items()} for d in DOCTORS}
+    except PrepareError as e:
+        sys.exit(str(e))
+    ids = [f"{int(os.path.splitext(os.path.basename(r['image']))[0]):03d}" for r in rows]
+    scored = set(ids)
+    others = sorted(k for k in labels["senior"].keys() & labels["junior"].keys() if k not in scored)
+    landmark = np.array([ISBI2015_LANDMARKS.index(r["landmark"]) for r in rows])
+    doctor = {d: np.array([labels[d][i][k] for i, k in zip(ids, landmark)]) for d in DOCTORS}
+    truth = np.array([[float(r["true_x"]), float(r["true_y"])] for r in rows])
+    worst = float(np.abs((doctor["senior"] + doctor["junior"]) / 2 - truth).max())
+    if worst > 0.01:
+        sys.exit(f"{raw}: the predictions' labels are not the two doctors' mean (up to {worst:.2f} px apart); "
+                 "the ceiling assumes they are")  # fmt: skip
+    unit = spacing[:, None]
+    out = {}
+    for known, other in (DOCTORS, DOCTORS[::-1]):
+        half_gap = np.array([(labels[other][i] - labels[known][i]) / 2 for i in others]) * spacing[0]
+        out[f"knows the {known}'s click"] = off_given_one_doctor(
+            predicted * unit, doctor[known] * unit, landmark, half_gap, radius)
+    apart = np.linalg.norm(doctor["senior"] - doctor["junior"], axis=1) * spacing
+    print(f"the doctors: {int((apart > radius).sum())} of {len(rows)} scored landmarks more than {radius:g} apart "
+          f"(mean {apart.mean():.2f}); ceilings drawn from their difference on {len(others)} images not scored")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--predictions", required=True, help="an evaluation's predictions.csv")
     ap.add_argument("--datalist", help="the training datalist (its training split fits the shape model)")
     ap.add_argument("--tta", nargs="*", default=[], help="predictions.csv of the same images under test-time changes")
+    ap.add_argument("--calibrate", help="another evaluation's predictions.csv: fits the per-landmark calibration")
+    ap.add_argument("--doctors", help="ISBI 2015 folder with both doctors' labels: print the ceilings")
     ap.add_argument("--anatomy", default="head")
     ap.add_argument("--radius", type=float, default=4.0, help="a landmark is off beyond this (the unit of the csv)")
     ap.add_argument("--recalls", type=float, nargs="+", default=[0.5, 0.8, 0.9])
@@ -152,6 +236,18 @@ def main() -> None:
             distance = np.linalg.norm(moved - predicted, axis=1) * spacing
             spread = np.maximum(spread, np.nan_to_num(distance, nan=np.inf))  # no answer: most suspect
         signals["augmentation disagreement"] = spread
+    if args.calibrate:
+        names = sorted({r["landmark"] for r in rows})
+        other = [r for r in csv.DictReader(open(args.calibrate)) if r["anatomy"] == args.anatomy and r["error"] != ""]
+        if {r["landmark"] for r in other} != set(names):
+            sys.exit(f"{args.calibrate}: its {args.anatomy} landmarks are not those of {args.predictions}")
+        train = (np.array([names.index(r["landmark"]) for r in other]),
+                 np.array([float(r["confidence"]) for r in other]),
+                 np.array([float(r["error"]) > args.radius for r in other]))  # fmt: skip
+        index = np.array([names.index(r["landmark"]) for r in rows])
+        signals["per-landmark calibration"] = per_landmark_calibration(train, index, confidence, len(names))
+    if args.doctors:
+        signals.update(doctor_ceilings(args.doctors, rows, predicted, spacing, args.radius))
     print(f"{'signal (precision at)':27}" + "".join(f"{f'recall {100 * r:g} %':>28}" for r in args.recalls))
     for name, s in signals.items():
         cells = [best_precision(s, off, r) for r in args.recalls]

@@ -58,3 +58,59 @@ def test_a_shape_with_a_missing_prediction_is_most_suspect():
     assert np.isfinite(model.of_rows(rows, ["l2", "l0"])).all()
     rows[1]["pred_x"] = ""
     assert np.isinf(model.of_rows(rows, ["l2", "l0"])).all()
+
+
+def test_off_given_one_doctor_draws_the_other_doctors_click():
+    from review_signals import off_given_one_doctor
+
+    known = np.zeros((3, 2))
+    predicted = np.array([[4.0, 0.0], [4.0, 0.0], [1.0, 0.0]])
+    landmark = np.array([0, 1, 1])
+    half_gap = np.zeros((2, 2, 2))
+    half_gap[:, 0] = [[0.5, 0.0], [-0.5, 0.0]]  # landmark 0: the other doctor half a unit either side
+    q = off_given_one_doctor(predicted, known, landmark, half_gap, radius=4.0)
+    assert q.tolist() == [0.5, 0.0, 0.0]  # on the radius: off for one draw of two; landmark 1: no gap, within 4
+    q = off_given_one_doctor(predicted + [0.1, 0.0], known, landmark, half_gap, radius=4.0)
+    assert q.tolist() == [0.5, 1.0, 0.0]
+
+
+def _isbi_folder(root, senior, junior):
+    os.makedirs(root / "annotations")
+    for name, points in (("senior", senior), ("junior", junior)):  # one row per image, in mm (0.1 mm per pixel)
+        lines = [",".join([f"{i + 1:03d}"] + [f"{v * 0.1:g}" for v in p.ravel()]) for i, p in enumerate(points)]
+        (root / "annotations" / f"all_{name}.csv").write_text("\n".join(lines) + "\n")
+    return str(root)
+
+
+def test_doctor_ceilings_know_one_click_and_refuse_another_label(tmp_path):
+    from review_signals import doctor_ceilings
+    from scripts.datasets.isbi2015 import ISBI2015_LANDMARKS
+
+    rng = np.random.default_rng(2)
+    senior = rng.uniform(100, 900, (6, 19, 2))
+    junior = senior + rng.normal(0, 5, senior.shape)
+    raw = _isbi_folder(tmp_path / "isbi", senior, junior)
+    mean = (senior[0] + junior[0]) / 2
+    predicted = mean + np.array([[60.0, 0.0]] + [[0.0, 0.0]] * 18)  # landmark 0 is 6 mm off, the others exact
+    rows = [{"image": "/x/001.jpg", "landmark": name, "true_x": str(x), "true_y": str(y)}
+            for name, (x, y) in zip(ISBI2015_LANDMARKS, mean)]
+    out = doctor_ceilings(raw, rows, predicted, np.full(19, 0.1), radius=4.0)
+    assert sorted(out) == ["knows the junior's click", "knows the senior's click"]
+    for q in out.values():  # the doctors differ by about 0.5 mm: the 6 mm miss is off for every draw, the rest never
+        assert q[0] == 1.0 and (q[1:] == 0.0).all()
+    rows[0]["true_x"] = str(senior[0, 0, 0])  # labelled by the senior alone: not what the ceiling assumes
+    with pytest.raises(SystemExit, match="isbi: the predictions' labels are not the two doctors' mean"):
+        doctor_ceilings(raw, rows, predicted, np.full(19, 0.1), radius=4.0)
+
+
+def test_per_landmark_calibration_learns_which_landmark_is_off_at_a_confidence():
+    from review_signals import per_landmark_calibration
+
+    rng = np.random.default_rng(3)
+    landmark = rng.integers(0, 2, 400)
+    confidence = rng.uniform(0.05, 0.95, 400)
+    off = (landmark == 1) & (confidence < 0.5)  # landmark 0 is never off, landmark 1 whenever unsure
+    test_landmark, test_confidence = np.array([0, 1, 1, 0]), np.array([0.1, 0.3, 0.8, 0.9])
+    log_odds = per_landmark_calibration((landmark, confidence, off), test_landmark, test_confidence, n=2)
+    assert int(np.argmax(log_odds)) == 1  # the unsure landmark 1, above the less sure landmark 0
+    assert log_odds[1] > 0 > max(log_odds[0], log_odds[2], log_odds[3])
