@@ -14,19 +14,18 @@ How the recall is estimated (``method``):
   likelihood on all validation landmarks, gives each one its probability of being off by more than the radius;
   the expected recall of a threshold is the share of that probability mass below it. Why: a 15-image validation
   split of the head holds only 4-7 landmarks off by more than 4 mm, so a quantile of those (the old rule) is the
-  confidence of one or two landmarks and swung from seed to seed: on 300 random 15-image draws from ISBI Test1 it
-  caught 81-93 % of the far landmarks of the other 135 images on the mean, under 90 % in half the draws. The model
-  uses all 285 landmarks; on the same draws it caught 93-97 % (head, 6 checkpoints) and 93 % (JSRT chest), under
-  90 % in 0-14 % of the draws (``bench/README.md``). Its price: it flags more (about 75 % of the head's
-  landmarks, against 55-60 %), because the confidence tells the far landmarks from the rest only weakly.
+  confidence of one or two landmarks, and it swung from seed to seed. On 300 random 15-image draws from ISBI
+  Test1, scored on the other 135 images, it caught 77-89 % of the far landmarks on the mean (six checkpoints),
+  under 90 % in 54-88 % of the draws. The model caught 93-97 % (head) and 93 % (JSRT chest), under 90 % in 0-14 %
+  of the draws (``bench/README.md``). Its price: it flags more (71-76 % of the head's landmarks, against
+  40-60 %), because the confidence tells the far landmarks from the rest only weakly.
 - ``"empirical"``: the ``target_recall`` quantile of the confidences of the landmarks off (the rule before 0.13.0);
   it is reliable only where validation holds many far landmarks.
 
 Either way the threshold sits halfway between the confidence of the last landmark it must catch and the next
 higher confidence seen. With no landmark off on validation ("model"), or fewer than ``min_positives``
 ("empirical"), the documented default :data:`DEFAULT_REVIEW_THRESHOLD` is used instead; a checkpoint saved
-without thresholds (older ones) uses it too. Every output says which threshold it
-used and where it came from.
+without thresholds (older ones) uses it too. Every output says which threshold it used and where it came from.
 
 The evaluation report states, on the evaluated split, the share of landmarks off by more than the largest radius
 that are flagged (recall) and the share of flagged landmarks that are that far off (precision):
@@ -317,7 +316,6 @@ class FlagReviewd(MapTransform):
         return d
 
 
-
 def calibrate_checkpoint(
     ckpt_path: str,
     output_path: str,
@@ -373,8 +371,8 @@ def calibrate_checkpoint(
     for name, v in report["anatomies"].items():
         b, a = v["before"], v["after"]
         log.info(f"review threshold of {name} on {v['images']} images of {split}: {b['threshold']:.3f} -> "
-                 f"{a['threshold']:.3f} (recall {b['recall']:.1f} -> {a['recall']:.1f} %, flagged {b['flagged_share']:.1f} -> "
-                 f"{a['flagged_share']:.1f} % on these images); written to {output_path}")  # fmt: skip
+                 f"{a['threshold']:.3f} (recall {b['recall']:.1f} -> {a['recall']:.1f} %, flagged "
+                 f"{b['flagged_share']:.1f} -> {a['flagged_share']:.1f} % on these images); written to {output_path}")
     return report
 
 
