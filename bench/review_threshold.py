@@ -30,7 +30,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundle"))
 
-from scripts.review import METHODS, choose_review_threshold, review_figures  # noqa: E402
+from scripts.review import (  # noqa: E402
+    DEFAULT_TARGET_RECALL,
+    METHODS,
+    MIN_POSITIVES,
+    choose_review_threshold,
+    review_figures,
+)
 
 
 def read_scored(path: str, anatomy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,8 +63,8 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=0, help="random validation draws from --coarse (0: none)")
     ap.add_argument("--images", type=int, default=15, help="images per draw (ISBI's validation split: 15)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--target", type=float, default=0.90, help="review_target_recall")
-    ap.add_argument("--min-positives", type=int, default=3)
+    ap.add_argument("--target", type=float, default=DEFAULT_TARGET_RECALL, help="review_target_recall")
+    ap.add_argument("--min-positives", type=int, default=MIN_POSITIVES, help="the empirical rule's minimum")
     ap.add_argument("--anatomy", default="head")
     ap.add_argument("--radius", type=float, default=4.0, help="off beyond this (the anatomy's largest SDR radius)")
     ap.add_argument("--seed", type=int, default=0)
@@ -81,6 +87,8 @@ def main() -> None:
     if args.draws:
         c_images, c_conf, c_err = read_scored(args.coarse, args.anatomy)
         names = np.unique(c_images)
+        if args.images >= names.size:
+            sys.exit(f"{args.coarse}: {names.size} images, too few to draw {args.images} and score the rest")
         rng = np.random.default_rng(args.seed)
         figures: dict[str, list[tuple[float, float, float]]] = {m: [] for m in args.methods}
         for _ in range(args.draws):
