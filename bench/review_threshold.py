@@ -35,6 +35,7 @@ from scripts.review import (  # noqa: E402
     METHODS,
     MIN_POSITIVES,
     choose_review_threshold,
+    flagged,
     review_figures,
 )
 
@@ -52,7 +53,7 @@ def scored_on(threshold: float | None, confidence: np.ndarray, error: np.ndarray
     """Recall, precision and share flagged of ``threshold`` on these landmarks (None: nothing chosen)."""
     if threshold is None:
         return {"recall": np.nan, "precision": np.nan, "flagged_share": np.nan}
-    return review_figures(error, confidence < threshold, radius)
+    return review_figures(error, flagged(confidence, threshold), radius)
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ __all__ = [
     "ReviewThresholds",
     "ChooseReviewThresholds",
     "FlagReviewd",
+    "flagged",
     "calibrate_checkpoint",
 ]
 
@@ -93,6 +94,21 @@ def review_figures(errors: np.ndarray, review: np.ndarray, radius: float) -> dic
         "precision": _percent(hit, n_flagged),
         "flagged_share": _percent(n_flagged, int(valid.sum())),
     }
+
+
+def _pooled(records: list[Mapping[str, Any]], anatomy: str) -> tuple[int, np.ndarray, np.ndarray]:
+    """The number of ``anatomy``'s records and their confidences and errors, pooled over its images."""
+    recs = [r for r in records if r["anatomy"] == anatomy]
+    if not recs:
+        return 0, np.empty(0), np.empty(0)
+    conf = np.concatenate([np.asarray(r["confidence"], dtype=np.float64).ravel() for r in recs])
+    errors = np.concatenate([np.asarray(r["errors"], dtype=np.float64).ravel() for r in recs])
+    return len(recs), conf, errors
+
+
+def flagged(confidence: np.ndarray, threshold: float) -> np.ndarray:
+    """The review flag: a confidence below ``threshold``; an unknown (NaN) confidence is flagged too."""
+    return ~(np.asarray(confidence, dtype=np.float64) >= threshold)
 
 
 def off_probability(confidence: np.ndarray, errors: np.ndarray, radius: float) -> np.ndarray:
@@ -205,11 +221,9 @@ class ReviewThresholds:
         """Choose every anatomy's threshold from evaluated records (``anatomy``, ``confidence``, ``errors``)."""
         records = list(records)
         for anatomy in anatomies:
-            recs = [r for r in records if r["anatomy"] == anatomy.name]
-            if not recs:
+            images, conf, errors = _pooled(records, anatomy.name)
+            if not images:
                 continue
-            conf = np.concatenate([np.asarray(r["confidence"], dtype=np.float64).ravel() for r in recs])
-            errors = np.concatenate([np.asarray(r["errors"], dtype=np.float64).ravel() for r in recs])
             radius = max(anatomy.sdr_radii)
             t, details = choose_review_threshold(conf, errors, radius, target_recall, min_positives, method)
             if t is None:
@@ -219,7 +233,7 @@ class ReviewThresholds:
                 self.thresholds[anatomy.name] = t
                 details["source"] = (f"{source} (recall >= {100 * target_recall:g} % of landmarks off by > "
                                      f"{details['radius']:g}, {method} estimate)")
-            details["images"] = len(recs)
+            details["images"] = images
             self.details[anatomy.name] = details
         return {a.name: self.threshold(a.name) for a in anatomies}
 
@@ -237,6 +251,14 @@ class ReviewThresholds:
         self.details = {str(k): dict(v) for k, v in (state.get("details") or {}).items()}
 
     @classmethod
+    def from_state(cls, state: Any, default: float = DEFAULT_REVIEW_THRESHOLD) -> ReviewThresholds:
+        """Thresholds from a saved ``state_dict`` (a checkpoint's ``review``); the default alone where it is none."""
+        out = cls(default=default)
+        if isinstance(state, Mapping):
+            out.load_state_dict(state)
+        return out
+
+    @classmethod
     def from_checkpoint(cls, path: str, default: float = DEFAULT_REVIEW_THRESHOLD, override: float | None = None) -> ReviewThresholds:
         """The thresholds saved in a checkpoint (``review``); the default where it has none or does not exist yet.
 
@@ -248,12 +270,7 @@ class ReviewThresholds:
 
         if override is not None:
             return cls(default=float(override))
-        out = cls(default=default)
-        if os.path.isfile(path):
-            state = read_checkpoint(path).get("review")
-            if isinstance(state, Mapping):
-                out.load_state_dict(state)
-        return out
+        return cls.from_state(read_checkpoint(path).get("review") if os.path.isfile(path) else None, default)
 
 
 class ChooseReviewThresholds:
@@ -310,8 +327,7 @@ class FlagReviewd(MapTransform):
         d = dict(data)
         t = self.thresholds.threshold(str(d.get(self.anatomy_key, "")))
         for key in self.key_iterator(d):
-            conf = np.asarray(d[key], dtype=np.float64)
-            d[self.output_key] = ~(conf >= t)  # an unknown (NaN) confidence is flagged too
+            d[self.output_key] = flagged(d[key], t)
             d[self.threshold_key] = t
         return d
 
@@ -340,27 +356,19 @@ def calibrate_checkpoint(
 
     records = list(records)
     ckpt = read_checkpoint(ckpt_path)
-    before = ReviewThresholds()
-    if isinstance(ckpt.get("review"), Mapping):
-        before.load_state_dict(ckpt["review"])
-    after = ReviewThresholds()
-    after.load_state_dict(before.state_dict())
+    before = ReviewThresholds.from_state(ckpt.get("review"))
+    after = ReviewThresholds.from_state(before.state_dict())
     after.choose(records, anatomies, target_recall, source=f"calibration on {split}", method=method)
     report: dict[str, Any] = {"checkpoint": ckpt_path, "calibrated_checkpoint": output_path, "split": split,
                               "target_recall": float(target_recall), "method": method, "anatomies": {}}  # fmt: skip
     for anatomy in anatomies:
-        recs = [r for r in records if r["anatomy"] == anatomy.name]
-        if not recs:
+        images, conf, errors = _pooled(records, anatomy.name)
+        if not images:
             continue
-        conf = np.concatenate([np.asarray(r["confidence"], dtype=np.float64).ravel() for r in recs])
-        errors = np.concatenate([np.asarray(r["errors"], dtype=np.float64).ravel() for r in recs])
-        radius = max(anatomy.sdr_radii)
-        report["anatomies"][anatomy.name] = {
-            "images": len(recs),
-            "before": {"threshold": before.threshold(anatomy.name), "source": before.source(anatomy.name),
-                       **review_figures(errors, ~(conf >= before.threshold(anatomy.name)), radius)},
-            "after": {"threshold": after.threshold(anatomy.name), "source": after.source(anatomy.name),
-                      **review_figures(errors, ~(conf >= after.threshold(anatomy.name)), radius)},
+        report["anatomies"][anatomy.name] = {"images": images} | {
+            when: {"threshold": t.threshold(anatomy.name), "source": t.source(anatomy.name),
+                   **review_figures(errors, flagged(conf, t.threshold(anatomy.name)), max(anatomy.sdr_radii))}
+            for when, t in (("before", before), ("after", after))
         }  # fmt: skip
     if not report["anatomies"]:
         raise ValueError(f"calibration of {ckpt_path}: no evaluated image of the checkpoint's anatomies in {split}.")
