@@ -205,6 +205,8 @@ def test_calibrating_rechooses_the_review_thresholds_on_a_labelled_split(trained
             rechosen += 1
     assert rechosen >= 2  # an untrained model is far off on most anatomies
     assert torch.load(calibrated, weights_only=True).keys() == torch.load(ckpt, weights_only=True).keys()
+    client, (run,) = _mlflow(out)  # the report is logged with the evaluation it was chosen on
+    assert {"review_calibration.json", "predictions.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_inference_writes_original_space_json_and_overlay(trained):

@@ -72,7 +72,13 @@ from .refinement import (
     landmark_patches,
     shape_scale,
 )
-from .review import ChooseReviewThresholds, FlagReviewd, ReviewThresholds, calibrate_checkpoint
+from .review import (
+    CalibrateReviewThresholds,
+    ChooseReviewThresholds,
+    FlagReviewd,
+    ReviewThresholds,
+    calibrate_checkpoint,
+)
 from .run_lock import RunLockError, lock_output_dir
 from .runtime import keep_freed_memory
 from .sampling import AnatomyBatchSampler, SetSamplerEpoch, anatomy_dataloader

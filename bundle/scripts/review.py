@@ -58,6 +58,7 @@ __all__ = [
     "FlagReviewd",
     "flagged",
     "calibrate_checkpoint",
+    "CalibrateReviewThresholds",
 ]
 
 # ISBI 2015, CPU budget: landmarks within 2 mm had confidences 0.42-0.51 (quartiles), those more than 10 mm off
@@ -378,10 +379,32 @@ def calibrate_checkpoint(
     log = logging.getLogger(__name__)
     for name, v in report["anatomies"].items():
         b, a = v["before"], v["after"]
+        caught = (f"recall {b['recall']:.1f} -> {a['recall']:.1f} % of {a['off']}" if a["off"]
+                  else f"none off by more than {a['radius']:g}: kept")  # fmt: skip
         log.info(f"review threshold of {name} on {v['images']} images of {split}: {b['threshold']:.3f} -> "
-                 f"{a['threshold']:.3f} (recall {b['recall']:.1f} -> {a['recall']:.1f} %, flagged "
-                 f"{b['flagged_share']:.1f} -> {a['flagged_share']:.1f} % on these images); written to {output_path}")
+                 f"{a['threshold']:.3f} ({caught}, flagged {b['flagged_share']:.1f} -> {a['flagged_share']:.1f} % "
+                 f"on these images); written to {output_path}")
     return report
+
+
+class CalibrateReviewThresholds:
+    """Evaluation handler: when the evaluator's epoch completes, :func:`calibrate_checkpoint` on its records.
+
+    Why a handler rather than a step after the run: it runs before the evaluation's MLflow run logs its artifacts
+    (at ``COMPLETED``), so the calibration report is logged with the evaluation it was chosen on. Attach it to an
+    evaluator whose ``metric`` (a :class:`~scripts.metrics.LandmarkErrorMetric`) is attached too; the remaining
+    arguments are :func:`calibrate_checkpoint`'s. :attr:`report` holds the report once it ran.
+    """
+
+    def __init__(self, metric: Any, ckpt_path: str, output_path: str, **kwargs: Any) -> None:
+        self.metric, self.ckpt_path, self.output_path, self.kwargs = metric, ckpt_path, output_path, kwargs
+        self.report: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.report = calibrate_checkpoint(self.ckpt_path, self.output_path, self.metric.records, **self.kwargs)
 
 
 def review_sentence(figures: Mapping[str, Any], unit: str) -> str:
