@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
 
 from scripts.heatmaps import LandmarkHeatmap, decode_heatmaps, grid_to_original
-from scripts.shifts import SHIFTS, ImageShiftd
+from scripts.shifts import COMPOUND, SHIFTS, ImageShiftd, apply_shift
 
 POINTS = np.array([[30.0, 15.0], [70.5, 45.2], [50.0, 90.0], [40.3, 70.7]])  # the first in the top fifth
 SIZE = (100, 120)
@@ -48,7 +50,23 @@ def test_intensity_shifts_keep_the_geometry(name):
     assert torch.equal(out.as_tensor(), again.as_tensor())  # seeded: every run sees the same shift
 
 
+def test_a_compound_shift_is_its_parts_in_turn_and_maps_back():
+    parts = COMPOUND["other_device"]
+    out = ImageShiftd(name="other_device")({"image": _image(), "landmarks": POINTS})["image"]
+    step = _image()
+    for part in parts:
+        step = apply_shift(step, part, zlib.crc32(b"a.png"))  # ImageShiftd's seed: 0 + the file's CRC
+    assert torch.equal(out.as_tensor(), step.as_tensor()) and torch.equal(out.affine, step.affine)
+    geometry = _image()  # its spatial parts alone, noise-free, decode back to the original annotations
+    for part in (p for p in parts if p.startswith(("zoom_", "rotated_"))):
+        geometry = apply_shift(geometry, part)
+    assert not torch.equal(geometry.affine, _image().affine) and torch.equal(geometry.affine, out.affine)
+    found, _ = decode_heatmaps(geometry.as_tensor() / 200.0, "gaussian", 9)
+    back = grid_to_original(found, geometry.affine, geometry.meta["original_affine"]).numpy()
+    assert np.abs(back - POINTS).max() < 0.5
+
+
 def test_every_listed_shift_is_known():
-    assert len(SHIFTS) == 9
+    assert len(SHIFTS) == 10
     with pytest.raises(ValueError, match="unknown shift"):
         ImageShiftd(name="sideways")

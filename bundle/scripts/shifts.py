@@ -22,7 +22,7 @@ from monai.transforms import AdjustContrast, Flip, MapTransform, Rotate, Spatial
 
 from .heatmaps import _affine_2d
 
-__all__ = ["SHIFTS", "ImageShiftd", "apply_shift"]
+__all__ = ["SHIFTS", "COMPOUND", "ImageShiftd", "apply_shift"]
 
 # name -> what it does (the benchmark's table, in this order)
 SHIFTS = {
@@ -35,12 +35,17 @@ SHIFTS = {
     "gamma_1.6": "gamma 1.6 (darker mid-tones)",
     "noise": "Gaussian noise, std 5 % of the intensity range",
     "crop_top_fifth": "the top fifth of the image cut off",
+    "other_device": "zoomed in 115 %, rotated 5 degrees, gamma 1.4 and noise at once (another device and framing)",
 }
+# shifts made of others, applied in this order (names apply_shift reads: zoom_<percent>, rotated_<degrees>, ...)
+COMPOUND = {"other_device": ("zoom_in_115", "rotated_5", "gamma_1.4", "noise")}
 
 
 def apply_shift(img: MetaTensor, name: str, seed: int = 0) -> MetaTensor:
     """One named shift of a ``(1, W, H)`` image; spatial shifts update its affine (points can follow)."""
-    if name == "none":
+    for part in COMPOUND.get(name, ()):
+        img = apply_shift(img, part, seed)
+    if name in COMPOUND or name == "none":
         return img
     if name == "mirrored":
         return Flip(spatial_axis=0)(img)
