@@ -165,23 +165,26 @@ def test_validation_chooses_the_thresholds_before_the_checkpoint_is_saved():
 
 
 def test_calibration_rechooses_the_thresholds_of_a_checkpoint_on_other_images(tmp_path):
-    both = AnatomySet([*ANATOMIES, Anatomy("hand", ("p", "q"), (16, 16), sdr_radii=(2.0, 4.0, 10.0))])
-    trained = ReviewThresholds(thresholds={"head": 0.2, "hand": 0.25})
+    both = AnatomySet([*ANATOMIES, Anatomy("hand", ("p", "q"), (16, 16), sdr_radii=(2.0, 4.0, 10.0)),
+                       Anatomy("chest", ("r", "s"), (16, 16), sdr_radii=(3.0, 9.0))])  # fmt: skip
+    trained = ReviewThresholds(thresholds={"head": 0.2, "hand": 0.25, "chest": 0.35})
     src, out = str(tmp_path / "model.pt"), str(tmp_path / "model_calibrated.pt")
     torch.save({"model": {"w": torch.ones(2)}, "review": trained.state_dict()}, src)
     before = open(src, "rb").read()
     conf, errors, _ = _draw(np.random.default_rng(2), 300)
     records = [{"anatomy": "head", "confidence": conf[i : i + 3], "errors": errors[i : i + 3]} for i in range(0, 300, 3)]
+    records.append({"anatomy": "chest", "confidence": np.array([0.1, 0.5]), "errors": np.array([1.0, 2.0])})  # none off
     report = calibrate_checkpoint(src, out, records, both, split="site B", report_path=str(tmp_path / "r.json"))
     expected, _ = choose_review_threshold(conf, errors, 4.0)
     loaded = ReviewThresholds.from_checkpoint(out)  # weights_only inside
     assert loaded.threshold("head") == pytest.approx(expected) != 0.2
     assert loaded.source("head").startswith("calibration on site B (recall >= 90 %")
     assert loaded.threshold("hand") == 0.25  # no hand among the images: kept
+    assert loaded.threshold("chest") == 0.35 and "kept: 0 landmark(s) off by more than 9" in loaded.source("chest")
     assert torch.load(out, weights_only=True)["model"]["w"].tolist() == [1.0, 1.0]
     assert open(src, "rb").read() == before  # the original is left as it is
     head = report["anatomies"]["head"]
-    assert set(report["anatomies"]) == {"head"} and head["before"]["threshold"] == 0.2
+    assert set(report["anatomies"]) == {"head", "chest"} and head["before"]["threshold"] == 0.2
     assert head["after"]["threshold"] == pytest.approx(expected) and head["after"]["off"] == int((errors > 4).sum())
     assert (tmp_path / "r.json").exists()
     with pytest.raises(ValueError, match="no evaluated image of the checkpoint's anatomies in site C"):

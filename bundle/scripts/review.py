@@ -218,8 +218,14 @@ class ReviewThresholds:
         min_positives: int = MIN_POSITIVES,
         source: str = "validation",
         method: str = DEFAULT_METHOD,
+        keep: bool = False,
     ) -> dict[str, float]:
-        """Choose every anatomy's threshold from evaluated records (``anatomy``, ``confidence``, ``errors``)."""
+        """Choose every anatomy's threshold from evaluated records (``anatomy``, ``confidence``, ``errors``).
+
+        Where none can be chosen (too few landmarks off), the anatomy falls back to the default, since its present
+        threshold was chosen for other weights (training); with ``keep`` it keeps its present threshold instead
+        (calibration: the weights are the ones it was chosen for).
+        """
         records = list(records)
         for anatomy in anatomies:
             images, conf, errors = _pooled(records, anatomy.name)
@@ -227,7 +233,9 @@ class ReviewThresholds:
                 continue
             radius = max(anatomy.sdr_radii)
             t, details = choose_review_threshold(conf, errors, radius, target_recall, min_positives, method)
-            if t is None:
+            if t is None and keep and anatomy.name in self.thresholds:
+                details["source"] = f"{self.source(anatomy.name)}; kept: {details.pop('reason')}"
+            elif t is None:
                 self.thresholds.pop(anatomy.name, None)
                 details["source"] = f"default ({self.default:g}): {details.pop('reason')}"
             else:
@@ -347,7 +355,8 @@ def calibrate_checkpoint(
 
     Why: the threshold training saved was chosen on its own validation split; a site with labelled images of
     its own (another device, another population) can choose it on those, with the same rule, without
-    retraining (``configs/calibrate_review.yaml``). Anatomies absent from ``records`` keep their thresholds.
+    retraining (``configs/calibrate_review.yaml``). Anatomies absent from ``records``, or with no landmark off by
+    more than their largest SDR radius there, keep their thresholds.
     ``output_path`` (``ckpt_path`` itself is allowed) and ``report_path`` (JSON: the thresholds before and
     after, with what each reaches on these images) are written atomically. Returns that report.
     """
@@ -359,7 +368,7 @@ def calibrate_checkpoint(
     ckpt = read_checkpoint(ckpt_path)
     before = ReviewThresholds.from_state(ckpt.get("review"))
     after = ReviewThresholds.from_state(before.state_dict())
-    after.choose(records, anatomies, target_recall, source=f"calibration on {split}", method=method)
+    after.choose(records, anatomies, target_recall, source=f"calibration on {split}", method=method, keep=True)
     report: dict[str, Any] = {"checkpoint": ckpt_path, "calibrated_checkpoint": output_path, "split": split,
                               "target_recall": float(target_recall), "method": method, "anatomies": {}}  # fmt: skip
     for anatomy in anatomies:
